@@ -1,0 +1,35 @@
+# The two entry points are `sudo make demo` and `sudo make test`; both install what they need.
+# Mininet is packaged for the system interpreter, so the venv is made from it and sees its site-packages.
+SYSTEM_PYTHON ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+RESULTS ?= results
+
+.PHONY: deps apt venv demo test lint bench clean
+deps: apt venv
+
+# Cheap when nothing is missing (one dpkg-query per package), so it runs every time.
+apt:
+	@scripts/install-deps.sh
+
+venv: apt $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+demo: deps
+	$(PY) -m testbed doctor
+	$(PY) -m testbed demo --results $(RESULTS)
+
+test: deps
+	$(PY) -m ruff check testbed tests bench
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: deps
+	$(PY) bench/cell_overhead.py
+
+clean:
+	$(PY) -m testbed clean

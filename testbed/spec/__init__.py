@@ -1,0 +1,1 @@
+"""What users write: typed models, YAML loading with positions, Jinja2 templating."""

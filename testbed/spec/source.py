@@ -1,0 +1,219 @@
+"""YAML documents that remember where each value came from, and pydantic errors mapped back to it."""
+
+from __future__ import annotations
+
+import difflib
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from testbed.errors import Problem, SpecError
+
+MAX_FILE_BYTES = 1 << 20
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class Document:
+    """Plain data (dicts, lists, scalars) plus the (line, col) of every key path, 1-based."""
+
+    file: str
+    data: Any
+    positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    line_offset: int = 0
+
+    def where(self, loc: Iterable[str | int]) -> tuple[Loc, int | None, int | None]:
+        """The deepest known position along `loc`, and `loc` with pydantic's union tags removed."""
+        clean: list[str | int] = []
+        node: Any = self.data
+        best = self.positions.get((), (None, None))
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            elif isinstance(node, dict) and part in (node.get("kind"), node.get("type"), node.get("action")):
+                continue  # a discriminated union's tag
+            elif isinstance(node, dict) and isinstance(part, str) and not clean_has_tag_shape(part):
+                # A missing or unknown key: point at the mapping that should have had it.
+                clean.append(part)
+                break
+            else:
+                continue  # a union tag such as 'host' or 'function-after[...]'
+            clean.append(part)
+            best = self.positions.get(tuple(clean), best)
+        line, col = best
+        if line is not None:
+            line += self.line_offset
+        return tuple(clean), line, col
+
+    def problem(self, loc: Iterable[str | int], message: str) -> Problem:
+        clean, line, col = self.where(loc)
+        return Problem(self.file, line, col, dotted(clean), message)
+
+
+def clean_has_tag_shape(part: str) -> bool:
+    return "[" in part or part in {"function-after", "function-before", "function-wrap"}
+
+
+def dotted(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _yaml():
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="rt", pure=True)
+    y.allow_duplicate_keys = False
+    return y
+
+
+def _plain(node: Any, loc: Loc, positions: dict[Loc, tuple[int, int]]) -> Any:
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(node, CommentedMap):
+        positions.setdefault(loc, (node.lc.line + 1, node.lc.col + 1))
+        out = {}
+        for key, value in node.items():
+            try:
+                kl, kc = node.lc.key(key)
+                positions[(*loc, str(key))] = (kl + 1, kc + 1)
+            except (KeyError, TypeError):
+                pass
+            out[str(key)] = _plain(value, (*loc, str(key)), positions)
+        return out
+    if isinstance(node, CommentedSeq):
+        positions.setdefault(loc, (node.lc.line + 1, node.lc.col + 1))
+        out_list = []
+        for i, value in enumerate(node):
+            try:
+                il, ic = node.lc.item(i)
+                positions[(*loc, i)] = (il + 1, ic + 1)
+            except (KeyError, TypeError, IndexError):
+                pass
+            out_list.append(_plain(value, (*loc, i), positions))
+        return out_list
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def read_text(path: Path, display: str | None = None) -> str:
+    shown = display or str(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise SpecError([Problem(shown, None, None, "", "file not found")]) from None
+    except OSError as exc:
+        raise SpecError([Problem(shown, None, None, "", f"cannot read: {exc.strerror}")]) from None
+    if not path.is_file():
+        raise SpecError([Problem(shown, None, None, "", "not a regular file")])
+    if size > MAX_FILE_BYTES:
+        raise SpecError([Problem(shown, None, None, "", f"file is {size} bytes; the limit is {MAX_FILE_BYTES}")])
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([Problem(shown, None, None, "", f"not UTF-8 text ({exc.reason})")]) from None
+
+
+def parse_yaml(text: str, file: str, line_offset: int = 0) -> Document:
+    """Parse one YAML document; syntax errors become a Problem at the reported mark."""
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        raw = _yaml().load(io.StringIO(text))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 + line_offset if mark else None
+        col = mark.column + 1 if mark else None
+        what = (exc.problem or exc.context or "YAML syntax error").strip()
+        if "found duplicate key" in str(exc):
+            what = "duplicate key " + str(exc).split('duplicate key', 1)[1].split('"')[1].join('""')
+        raise SpecError([Problem(file, line, col, "", f"YAML syntax: {what}")]) from None
+    except YAMLError as exc:
+        raise SpecError([Problem(file, None, None, "", f"YAML syntax: {exc}")]) from None
+    positions: dict[Loc, tuple[int, int]] = {}
+    data = _plain(raw, (), positions)
+    positions.setdefault((), (1, 1))
+    return Document(file, data, positions, line_offset)
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _message(err: dict[str, Any], doc: Document, model: type[BaseModel]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        name = str(err["loc"][-1])
+        allowed = _allowed_fields(model, err["loc"][:-1])
+        hint = suggest(name, allowed)
+        if not hint and allowed:
+            hint = f" (allowed: {', '.join(sorted(allowed))})"
+        return f"unknown field '{name}'{hint}"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "union_tag_invalid":
+        tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        return f"unknown {ctx.get('discriminator', 'kind').strip(chr(39))} '{ctx.get('tag')}'{suggest(ctx.get('tag', ''), tags)}; expected one of: {', '.join(tags)}"
+    if kind == "union_tag_not_found":
+        return f"needs a {ctx.get('discriminator', 'kind').strip(chr(39))} field"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", ""))
+        options = [o.strip(" '") for o in expected.replace(" or ", ",").split(",")]
+        return f"'{err.get('input')}' is not one of {expected}{suggest(str(err.get('input')), options)}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    elif msg.startswith("Assertion failed, "):
+        msg = msg[len("Assertion failed, "):]
+    # pydantic wording, translated so users never see Python type names.
+    msg = (msg.replace("Input should be a valid dictionary or instance of", "expected a mapping for")
+              .replace("Input should be a valid dictionary", "expected a mapping")
+              .replace("Input should be a valid list", "expected a list")
+              .replace("Input should be a valid integer", "expected a whole number")
+              .replace("Input should be a valid number", "expected a number")
+              .replace("Input should be a valid string", "expected text")
+              .replace("Input should be a valid boolean", "expected true or false")
+              .replace("Input should be", "should be"))
+    return msg
+
+
+def _allowed_fields(model: type[BaseModel], loc: Loc) -> list[str]:
+    """Field names (by alias) of the sub-model at `loc`, for 'did you mean'."""
+    from testbed.spec.modelwalk import fields_at
+
+    return fields_at(model, loc)
+
+
+def validate(model: type[BaseModel], doc: Document, context: dict[str, Any] | None = None) -> Any:
+    """Validate `doc` against `model`, reporting every error in one pass with file positions."""
+    try:
+        return model.model_validate(doc.data, context=context)
+    except ValidationError as exc:
+        problems = []
+        seen = set()
+        for err in exc.errors(include_url=False):
+            p = doc.problem(err["loc"], _message(err, doc, model))
+            if (p.path, p.message) not in seen:
+                seen.add((p.path, p.message))
+                problems.append(p)
+        raise SpecError(problems) from None

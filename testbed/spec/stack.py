@@ -1,0 +1,63 @@
+"""Per-node MPTCP configuration as users write it (in a topology node or an experiment's `stacks`)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from testbed.spec.model import Model
+from testbed.spec.names import IfName
+from testbed.spec.source import suggest
+
+EndpointFlag = Literal["subflow", "signal", "backup", "fullmesh", "laminar"]
+
+# net.mptcp.* sysctls known to upstream Linux; unknown names are refused with a suggestion.
+MPTCP_SYSCTLS = ("enabled", "add_addr_timeout", "allow_join_initial_addr_port", "checksum_enabled",
+                 "close_timeout", "pm_type", "path_manager", "scheduler", "stale_loss_cnt",
+                 "blackhole_timeout", "syn_retrans_before_tcp_fallback")
+
+
+class Limits(Model):
+    subflows: int | None = Field(None, ge=0, le=8, description="max extra subflows per connection")
+    add_addr_accepted: int | None = Field(None, ge=0, le=8, description="max ADD_ADDRs acted on")
+
+
+class Endpoint(Model):
+    """An `ip mptcp endpoint`: the address of `interface` (or an explicit one) with flags."""
+
+    interface: IfName
+    address: IPv4Address | IPv6Address | None = None
+    flags: list[EndpointFlag] = Field(default_factory=lambda: ["subflow"])
+    port: int | None = Field(None, ge=1, le=65535, description="signal endpoints only: announce this port")
+    id: int | None = Field(None, ge=1, le=255)
+
+    @field_validator("flags")
+    @classmethod
+    def _flags(cls, flags: list[str]) -> list[str]:
+        if "fullmesh" in flags and "signal" in flags:
+            raise PydanticCustomError("flags", "'fullmesh' cannot be combined with 'signal'")
+        if len(set(flags)) != len(flags):
+            raise PydanticCustomError("flags", "a flag is listed twice")
+        return flags
+
+
+class StackConfig(Model):
+    """How one node speaks MPTCP. `stack: tcp` makes the node plain TCP (net.mptcp.enabled=0)."""
+
+    stack: Literal["upstream", "tcp"] = "upstream"
+    limits: Limits | None = None
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    sysctls: dict[str, str | int] = Field(default_factory=dict,
+                                          description="net.mptcp.* sysctls by short name, e.g. scheduler")
+
+    @field_validator("sysctls")
+    @classmethod
+    def _known(cls, values: dict[str, str | int]) -> dict[str, str | int]:
+        for name in values:
+            short = name.removeprefix("net.mptcp.")
+            if short not in MPTCP_SYSCTLS:
+                raise PydanticCustomError("sysctl", f"unknown MPTCP sysctl '{name}'{suggest(short, MPTCP_SYSCTLS)}")
+        return {k.removeprefix("net.mptcp."): v for k, v in values.items()}

@@ -1,0 +1,222 @@
+"""Jinja2 templates with declared, typed parameters.
+
+A template file may start with a YAML header that declares its parameters, ended by a `---` line:
+
+    parameters:
+      paths: {type: int, default: 2, min: 1, max: 8, doc: number of client paths}
+      wifi_loss: {type: percent, default: 0%}
+    ---
+    name: dual-homed
+    ...
+
+The body is rendered in Jinja2's immutable sandbox with StrictUndefined; includes resolve only
+inside the template's own directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from testbed.errors import Problem, SpecError
+from testbed.spec import units
+from testbed.spec.model import Model
+from testbed.spec.source import Document, parse_yaml, read_text, suggest, validate
+
+ParamType = Literal["int", "float", "bool", "str", "percent", "duration", "rate", "size"]
+
+_PARSERS = {"percent": (units.parse_percent, units.format_percent),
+            "duration": (units.parse_duration, units.format_duration),
+            "rate": (units.parse_rate, units.format_rate),
+            "size": (units.parse_size, units.format_size)}
+
+
+class Parameter(Model):
+    type: ParamType = "str"
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    choices: list[Any] | None = None
+    doc: str = ""
+
+    def coerce(self, value: Any) -> Any:
+        """A raw value (from YAML or a `--set` string) as the typed value templates see."""
+        if self.type in _PARSERS:
+            parse, fmt = _PARSERS[self.type]
+            try:
+                number = parse(value)
+            except units.QuantityError as exc:
+                raise ValueError(str(exc)) from None
+            result: Any = units.Quantity(number, fmt)
+        elif self.type == "int":
+            if isinstance(value, bool):
+                raise ValueError(f"expected a whole number, got {value!r}")
+            try:
+                result = int(str(value), 0) if isinstance(value, str) else int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"expected a whole number, got {value!r}") from None
+            if isinstance(value, float) and value != result:
+                raise ValueError(f"expected a whole number, got {value!r}")
+        elif self.type == "float":
+            try:
+                result = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"expected a number, got {value!r}") from None
+        elif self.type == "bool":
+            if isinstance(value, bool):
+                result = value
+            elif str(value).lower() in {"true", "yes", "on", "1"}:
+                result = True
+            elif str(value).lower() in {"false", "no", "off", "0"}:
+                result = False
+            else:
+                raise ValueError(f"expected true or false, got {value!r}")
+        else:
+            result = str(value)
+        if self.min is not None and float(result) < self.min:
+            raise ValueError(f"{value} is below the minimum {self._show(self.min)}")
+        if self.max is not None and float(result) > self.max:
+            raise ValueError(f"{value} is above the maximum {self._show(self.max)}")
+        if self.choices is not None and result not in self.choices:
+            raise ValueError(f"{value!r} is not one of {self.choices}{suggest(str(value), map(str, self.choices))}")
+        return result
+
+    def _show(self, bound: float) -> str:
+        return _PARSERS[self.type][1](bound) if self.type in _PARSERS else f"{bound:g}"
+
+
+class Header(Model):
+    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    description: str = ""
+
+
+class Template:
+    """A parsed template file: its parameter header and its Jinja2 body."""
+
+    def __init__(self, path: Path, display: str | None = None):
+        self.path = path
+        self.display = display or str(path)
+        text = read_text(path, self.display)
+        self.header = Header()
+        self.body = text
+        self.body_offset = 0
+        lines = text.splitlines(keepends=True)
+        split = next((i for i, line in enumerate(lines) if line.rstrip() == "---"), None)
+        if split is not None and any(line.startswith("parameters:") for line in lines[:split]):
+            head = parse_yaml("".join(lines[:split]), self.display)
+            self.header = validate(Header, head)
+            self.body = "".join(lines[split + 1:])
+            self.body_offset = split + 1
+            self._header_doc: Document | None = head
+        else:
+            self._header_doc = None
+
+    @property
+    def parameters(self) -> dict[str, Parameter]:
+        return self.header.parameters
+
+    def values(self, overrides: dict[str, tuple[Any, Problem]]) -> dict[str, Any]:
+        """Defaults, then overrides; each override carries the Problem to report it as."""
+        problems: list[Problem] = []
+        values: dict[str, Any] = {}
+        for name, param in self.parameters.items():
+            if param.default is None:
+                continue
+            try:
+                values[name] = param.coerce(param.default)
+            except ValueError as exc:
+                loc = ("parameters", name, "default")
+                assert self._header_doc is not None
+                problems.append(self._header_doc.problem(loc, str(exc)))
+        for name, (raw, where) in overrides.items():
+            param = self.parameters.get(name)
+            if param is None:
+                known = ", ".join(self.parameters) or "none"
+                problems.append(Problem(where.file, where.line, where.col, name,
+                                        f"not a parameter of {self.display}{suggest(name, self.parameters)}"
+                                        f" (parameters: {known})"))
+                continue
+            try:
+                values[name] = param.coerce(raw)
+            except ValueError as exc:
+                problems.append(Problem(where.file, where.line, where.col, name, str(exc)))
+        for name, param in self.parameters.items():
+            if name not in values and not any(p.path == name for p in problems):
+                problems.append(Problem(self.display, None, None, f"parameters.{name}",
+                                        "has no default; give it with --set"))
+        if problems:
+            raise SpecError(problems)
+        return values
+
+    def render(self, values: dict[str, Any]) -> str:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(str(self.path.parent)),
+            undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+        try:
+            return env.from_string(self.body).render(**values)
+        except jinja2.TemplateSyntaxError as exc:
+            line = (exc.lineno or 0) + self.body_offset if exc.lineno else None
+            raise SpecError([Problem(self.display, line, None, "", f"template syntax: {exc.message}")]) from None
+        except jinja2.TemplateError as exc:
+            line = _template_line(exc)
+            line = line + self.body_offset if line else None
+            raise SpecError([Problem(self.display, line, None, "", f"template: {exc.message or exc}")]) from None
+        except (ArithmeticError, TypeError, ValueError) as exc:
+            line = _template_line(exc)
+            line = line + self.body_offset if line else None
+            raise SpecError([Problem(self.display, line, None, "", f"template: {exc}")]) from None
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The line of the innermost template frame in a Jinja2-rewritten traceback."""
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def parse_set(items: list[str], where: str = "--set") -> dict[str, tuple[str, Problem]]:
+    """`name=value` strings from the command line."""
+    out: dict[str, tuple[str, Problem]] = {}
+    problems = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            problems.append(Problem(where, None, None, item, "expected name=value"))
+            continue
+        out[name] = (value, Problem(where, None, None, name, ""))
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def load_document(path: Path, overrides: dict[str, tuple[Any, Problem]], display: str | None = None
+                  ) -> tuple[Document, dict[str, Any], str]:
+    """A YAML or YAML+Jinja2 file, rendered and parsed: (document, parameter values, rendered text)."""
+    tpl = Template(path, display)
+    is_template = path.name.endswith(".j2") or bool(tpl.parameters)
+    if not is_template:
+        if overrides:
+            name = next(iter(overrides))
+            where = overrides[name][1]
+            raise SpecError([Problem(where.file, where.line, where.col, name,
+                                     f"{tpl.display} is not a template; it takes no parameters")])
+        return parse_yaml(tpl.body, tpl.display), {}, tpl.body
+    values = tpl.values(overrides)
+    text = tpl.render(values)
+    body_lines = tpl.body.count("\n")
+    expanded = text.count("\n") != body_lines
+    display_name = tpl.display
+    if expanded:
+        display_name += " (rendered)"
+    doc = parse_yaml(text, display_name, line_offset=0 if expanded else tpl.body_offset)
+    return doc, values, text

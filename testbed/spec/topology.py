@@ -1,0 +1,172 @@
+"""Topology models: nodes (hosts, routers, switches), links with impairments, addressing.
+
+Inheritance follows containerlab/netlab habits: `defaults` apply to every host and router, then
+`kinds.<kind>`, then the node's own fields (mappings merge, the more specific wins).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Interface, IPv4Network
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from testbed.spec.model import Model
+from testbed.spec.names import IfName, NodeName, RunName
+from testbed.spec.stack import StackConfig
+from testbed.spec.units import Duration, Percent, Rate
+
+
+class Impairment(Model):
+    """What a link does to packets in one direction."""
+
+    rate: Rate | None = None
+    delay: Duration | None = None
+    jitter: Duration | None = None
+    loss: Percent | None = None
+    queue: int | None = Field(None, ge=1, le=100_000,
+                              description="queue length in packets (default: one bandwidth-delay product, at least 10)")
+
+    def over(self, base: Impairment | None) -> Impairment:
+        """This impairment's fields laid over `base`."""
+        if base is None:
+            return self
+        merged = base.model_dump(exclude_none=True) | self.model_dump(exclude_none=True)
+        return Impairment.model_construct(**{k: merged.get(k) for k in Impairment.model_fields})
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, f) in (None, 0) for f in ("rate", "delay", "jitter", "loss"))
+
+    @model_validator(mode="after")
+    def _jitter_needs_delay(self) -> Impairment:
+        if self.jitter and not self.delay:
+            raise PydanticCustomError("jitter", "jitter needs a delay to vary around")
+        if self.jitter and self.delay and self.jitter > self.delay:
+            raise PydanticCustomError("jitter", "jitter larger than the delay would need negative delays")
+        return self
+
+
+class LinkImpairment(Impairment):
+    """Both directions, with optional per-direction overrides."""
+
+    forward: Impairment | None = Field(None, description="first endpoint → second endpoint")
+    reverse: Impairment | None = Field(None, description="second endpoint → first endpoint")
+
+    def direction(self, forward: bool) -> Impairment:
+        common = Impairment.model_construct(**{k: getattr(self, k) for k in Impairment.model_fields})
+        override = self.forward if forward else self.reverse
+        return override.over(common) if override else common
+
+
+class LinkEnd(Model):
+    node: NodeName
+    interface: IfName | None = None
+    address: IPv4Interface | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _brief(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            node, _, interface = value.partition(":")
+            return {"node": node, "interface": interface or None}
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.node}:{self.interface}" if self.interface else self.node
+
+
+class Link(Model):
+    endpoints: tuple[LinkEnd, LinkEnd]
+    name: str | None = Field(None, description="label shown in graphs and reports, e.g. wifi")
+    subnet: IPv4Network | None = None
+    impairment: LinkImpairment | None = None
+    mtu: int | None = Field(None, ge=576, le=9000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _brief(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {"endpoints": value}
+        return value
+
+
+class NodeBase(Model):
+    sysctls: dict[str, str | int] = Field(default_factory=dict, description="extra sysctls, full names")
+    mptcp: StackConfig = Field(default_factory=StackConfig)
+
+    @field_validator("sysctls")
+    @classmethod
+    def _sysctl_names(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for name in values:
+            if not all(part.replace("_", "").replace("-", "").isalnum() for part in name.split(".")):
+                raise PydanticCustomError("sysctl", f"'{name}' is not a sysctl name")
+            if not name.startswith("net."):
+                raise PydanticCustomError("sysctl", f"'{name}': only per-namespace net.* sysctls can be set")
+        return values
+
+
+class Host(NodeBase):
+    kind: Literal["host"]
+
+
+class Router(NodeBase):
+    kind: Literal["router"]
+
+
+class Switch(Model):
+    kind: Literal["switch"]
+
+
+Node = Annotated[Host | Router | Switch, Field(discriminator="kind")]
+Kind = Literal["host", "router", "switch"]
+
+
+class Addressing(Model):
+    ipv4: IPv4Network = Field(IPv4Network("10.0.0.0/16"), description="pool that link subnets are taken from")
+    prefix: int = Field(24, ge=8, le=30, description="prefix length of each link subnet")
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class Topology(Model):
+    name: RunName
+    description: str = ""
+    defaults: dict[str, Any] = Field(default_factory=dict, description="fields every host and router inherits")
+    kinds: dict[Kind, dict[str, Any]] = Field(default_factory=dict, description="fields per node kind")
+    nodes: dict[NodeName, Node] = Field(min_length=1)
+    links: list[Link] = Field(default_factory=list)
+    addressing: Addressing = Field(default_factory=Addressing)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("nodes"), dict):
+            return data
+        defaults = data.get("defaults") if isinstance(data.get("defaults"), dict) else {}
+        kinds = data.get("kinds") if isinstance(data.get("kinds"), dict) else {}
+        nodes = {}
+        for name, node in data["nodes"].items():
+            if node is None:
+                node = {"kind": "host"}
+            if isinstance(node, dict):
+                node = {"kind": "host", **node}
+                kind = node.get("kind")
+                base = dict(defaults) if kind in ("host", "router") else {}
+                if isinstance(kinds.get(kind), dict):
+                    base = _deep_merge(base, kinds[kind])
+                node = _deep_merge(base, node)
+            nodes[name] = node
+        return {**data, "nodes": nodes}
+
+    def node_kind(self, name: str) -> str:
+        return self.nodes[name].kind
