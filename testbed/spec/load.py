@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import Problem
+from testbed.errors import Problem, SpecError
+from testbed.spec.experiment import Experiment
 from testbed.spec.resolve import Resolved, resolve
-from testbed.spec.source import validate
+from testbed.spec.source import Document, suggest, validate
+from testbed.spec.stack import StackConfig
 from testbed.spec.template import load_document
 from testbed.spec.topology import Topology
 
@@ -27,3 +31,118 @@ def load_topology(path: Path, overrides: dict[str, tuple[Any, Problem]] | None =
     doc, values, text = load_document(path, overrides or {}, display)
     topo = validate(Topology, doc)
     return LoadedTopology(path, values, text, topo, resolve(topo, doc))
+
+
+@dataclass
+class LoadedExperiment:
+    path: Path
+    experiment: Experiment
+    topo: LoadedTopology
+    stacks: dict[str, StackConfig]  # effective per L3 node: topology's, then the experiment's
+    rendered: str
+
+
+def load_experiment(path: Path, overrides: dict[str, tuple[Any, Problem]] | None = None,
+                    display: str | None = None) -> LoadedExperiment:
+    doc, _, text = load_document(path, {}, display)
+    exp = validate(Experiment, doc)
+    topo_path = (path.parent / exp.topology.file)
+    topo_display = os.path.relpath(topo_path) if not topo_path.is_absolute() else str(topo_path)
+    params: dict[str, tuple[Any, Problem]] = {}
+    for name, value in exp.topology.set.items():
+        where = doc.problem(("topology", "set", name), "")
+        params[name] = (value, where)
+    params.update(overrides or {})
+    if not topo_path.exists():
+        raise SpecError([doc.problem(("topology", "file"), f"no topology file {topo_display}")])
+    topo = load_topology(topo_path, params, topo_display)
+    stacks = _effective_stacks(exp, topo.topology)
+    problems = check_references(exp, topo.resolved, doc)
+    if problems:
+        raise SpecError(problems)
+    return LoadedExperiment(path, exp, topo, stacks, text)
+
+
+def _effective_stacks(exp: Experiment, topology: Topology) -> dict[str, StackConfig]:
+    out = {}
+    for name, node in topology.nodes.items():
+        if node.kind == "switch":
+            continue
+        base = node.mptcp.model_dump(exclude_unset=True)
+        over = exp.stacks[name].model_dump(exclude_unset=True) if name in exp.stacks else {}
+        merged = {**base, **over}
+        if "sysctls" in base and "sysctls" in over:
+            merged["sysctls"] = {**base["sysctls"], **over["sysctls"]}
+        out[name] = StackConfig.model_validate(merged)
+    return out
+
+
+def check_references(exp: Experiment, res: Resolved, doc: Document) -> list[Problem]:
+    """Node, interface and workload names the experiment uses must exist in the topology."""
+    problems: list[Problem] = []
+    nodes = res.topology.nodes
+    hosts = [n for n, s in nodes.items() if s.kind != "switch"]
+
+    def node_ok(loc: tuple[str | int, ...], name: str) -> bool:
+        if name not in hosts:
+            problems.append(doc.problem(loc, f"no host or router named '{name}' in the topology{suggest(name, hosts)}"))
+            return False
+        return True
+
+    def intf_ok(loc: tuple[str | int, ...], node: str, intf: str) -> None:
+        names = [i.name for i in res.interfaces.get(node, [])]
+        if intf not in names:
+            problems.append(doc.problem(loc, f"'{node}' has no interface '{intf}'{suggest(intf, names)}"
+                                              f" (it has: {', '.join(names) or 'none'})"))
+
+    def ref_ok(loc: tuple[str | int, ...], ref: str) -> None:
+        node, sep, intf = ref.partition(":")
+        if not sep:
+            problems.append(doc.problem(loc, f"expected 'node:interface', got '{ref}'"))
+        elif node_ok(loc, node):
+            intf_ok(loc, node, intf)
+
+    for name in exp.stacks:
+        if node_ok(("stacks", name), name):
+            for i, ep in enumerate(exp.stacks[name].endpoints):
+                intf_ok(("stacks", name, "endpoints", i, "interface"), name, ep.interface)
+    for i, w in enumerate(exp.workloads):
+        node_ok(("workloads", i, "client"), w.client)
+        node_ok(("workloads", i, "server"), w.server)
+        if w.target and ":" in w.target:
+            ref_ok(("workloads", i, "target"), w.target)
+        elif w.target:
+            try:
+                ip_address(w.target)
+            except ValueError:
+                problems.append(doc.problem(("workloads", i, "target"),
+                                            f"'{w.target}' is neither 'node:interface' nor an IP address"))
+    for i, ev in enumerate(exp.events):
+        if hasattr(ev, "link"):
+            ref_ok(("events", i, "link"), ev.link)
+        if hasattr(ev, "node") and node_ok(("events", i, "node"), ev.node):
+            intf = ev.endpoint.interface if hasattr(ev, "endpoint") else ev.interface
+            intf_ok(("events", i, "interface"), ev.node, intf)
+    for key in exp.expect.counters:
+        node, sep, counter = key.partition(".")
+        if not sep or not counter:
+            problems.append(doc.problem(("expect", "counters", key), "expected 'node.CounterName'"))
+        else:
+            node_ok(("expect", "counters", key), node)
+    for ref in exp.expect.paths:
+        ref_ok(("expect", "paths", ref), ref)
+    names = exp.workload_names()
+    for loc, wname in _workload_refs(exp):
+        if wname is not None and wname not in names:
+            problems.append(doc.problem(loc, f"no workload named '{wname}'{suggest(wname, names)}"))
+    return problems
+
+
+def _workload_refs(exp: Experiment):
+    if exp.expect.goodput and exp.expect.goodput.workload:
+        yield ("expect", "goodput", "workload"), exp.expect.goodput.workload
+    if exp.expect.latency and exp.expect.latency.workload:
+        yield ("expect", "latency", "workload"), exp.expect.latency.workload
+    for i, c in enumerate(exp.expect.compare):
+        yield ("expect", "compare", i, "left"), c.left.rsplit(".", 1)[0]
+        yield ("expect", "compare", i, "right"), c.right.rsplit(".", 1)[0]

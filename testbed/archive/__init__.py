@@ -1,0 +1,1 @@
+"""Run directories: atomic creation, manifest with every file's sha256, verification."""

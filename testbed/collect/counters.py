@@ -1,0 +1,47 @@
+"""Kernel SNMP/netstat counters of a node's namespace (MPTcpExt, TcpExt, Tcp), read from /proc.
+
+Reading /proc/<pid>/net/* of a process inside the namespace needs no command in the node at all,
+so snapshots are cheap enough to take before and after every workload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FILES = ("netstat", "snmp")
+
+
+def parse(text: str) -> dict[str, int]:
+    counters: dict[str, int] = {}
+    lines = text.splitlines()
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        prefix, _, names = header.partition(":")
+        vprefix, _, nums = values.partition(":")
+        if prefix != vprefix:
+            continue
+        for name, value in zip(names.split(), nums.split(), strict=False):
+            try:
+                counters[f"{prefix}{name}"] = int(value)
+            except ValueError:
+                pass
+    return counters
+
+
+def snapshot(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name in FILES:
+        try:
+            out.update(parse(Path(f"/proc/{pid}/net/{name}").read_text()))
+        except OSError:
+            pass
+    v0 = Path(f"/proc/{pid}/net/mptcp_net/snmp")  # out-of-tree v0.9x kernels
+    if v0.exists():
+        for line in v0.read_text().splitlines():
+            words = line.split()
+            if len(words) == 2 and words[1].isdigit():
+                out[f"MPTCP{words[0]}"] = int(words[1])
+    return out
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Changed counters only (gauges like MPCurrEstab may go down)."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}

@@ -1,0 +1,66 @@
+"""Per-interface byte counters sampled over time: which path carried what, and when."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+
+def read_dev(pid: int) -> dict[str, tuple[int, int]]:
+    """{interface: (rx_bytes, tx_bytes)} of the namespace `pid` lives in."""
+    out = {}
+    try:
+        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    except OSError:
+        return out
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if len(fields) >= 9:
+            out[name.strip()] = (int(fields[0]), int(fields[8]))
+    return out
+
+
+class Sampler:
+    """A thread that samples the given (node, interface) byte counters every `interval` seconds."""
+
+    def __init__(self, targets: dict[str, tuple[int, str]], interval: float, t0: float):
+        self.targets = targets  # ref "node:intf" -> (pid, intf)
+        self.interval = interval
+        self.t0 = t0
+        self.series: dict[str, list[tuple[float, int, int]]] = {ref: [] for ref in targets}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="linkbytes", daemon=True)
+
+    def sample(self) -> None:
+        now = round(time.monotonic() - self.t0, 4)
+        by_pid: dict[int, dict[str, tuple[int, int]]] = {}
+        for ref, (pid, intf) in self.targets.items():
+            if pid not in by_pid:
+                by_pid[pid] = read_dev(pid)
+            rx, tx = by_pid[pid].get(intf, (0, 0))
+            self.series[ref].append((now, rx, tx))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        self.sample()
+
+    def bytes_between(self, ref: str, start: float | None, end: float | None) -> int:
+        """rx+tx bytes an interface carried between two times (nearest samples)."""
+        series = self.series.get(ref, [])
+        if not series:
+            return 0
+        lo = series[0] if start is None else min(series, key=lambda s: abs(s[0] - start))
+        hi = series[-1] if end is None else min(series, key=lambda s: abs(s[0] - end))
+        return max(0, (hi[1] - lo[1]) + (hi[2] - lo[2]))

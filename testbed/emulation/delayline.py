@@ -1,0 +1,306 @@
+"""A userspace delay line for kernels without sch_netem.
+
+Run inside a node's network namespace, behind an iptables rule such as
+``iptables -t mangle -A PREROUTING -i IF -j NFQUEUE --queue-num N --queue-bypass``::
+
+    python delayline.py --queue N --delay SECONDS [--jitter SECONDS] [--loss PERCENT] [--seed S]
+                        [--queue-maxlen 10000] [--control FILE] [--stdin-control]
+
+Each packet is held for the delay (plus jitter drawn from a normal distribution with standard
+deviation jitter/2, clipped to [delay - jitter, delay + jitter]) and then accepted. A packet is never
+released before the one queued ahead of it, so there is no reordering. With ``--loss`` a share of the
+packets gets a drop verdict instead (used on a sender's egress, where an nftables drop would make
+local sends fail with EPERM instead of looking like loss on the wire).
+
+Prints ``ready`` on stdout once the queue is bound. Settings change at runtime:
+
+* ``--stdin-control``: each stdin line is a JSON object with any of ``delay``, ``jitter`` (seconds)
+  and ``loss`` (percent); the answer is one stdout line, ``ok {json}`` or ``error message``.
+  End of stdin means the controller is gone: the delay line releases what it holds and exits.
+* ``--control FILE``: on SIGUSR1 the same JSON object is read from FILE (answer on stderr).
+
+SIGTERM or SIGINT: release every held packet, unbind, exit 0.
+
+Standard library plus the ``netfilterqueue`` package only: it must start fast and must not import
+the testbed package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+# nfnetlink_queue constants (linux/netfilter/nfnetlink_queue.h), for the one config message the
+# netfilterqueue package cannot send: the queue flags.
+_NFNL_SUBSYS_QUEUE = 3
+_NFQNL_MSG_CONFIG = 2
+_NFQA_CFG_MASK = 4
+_NFQA_CFG_FLAGS = 5
+_NFQA_CFG_F_FAIL_OPEN = 1 << 0
+_NFQA_CFG_F_GSO = 1 << 2
+_NLM_F_REQUEST = 0x1
+_NLM_F_ACK = 0x4
+_NLMSG_ERROR = 0x2
+_COPY_META = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    delay: float = 0.0
+    jitter: float = 0.0
+    loss: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps({"delay": self.delay, "jitter": self.jitter, "loss": self.loss}, sort_keys=True)
+
+
+def parse_settings(text: str, base: Settings) -> Settings:
+    """A JSON object with any of delay, jitter, loss laid over `base`; ValueError if invalid."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    unknown = set(data) - {"delay", "jitter", "loss"}
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    values: dict[str, float] = {}
+    for key in ("delay", "jitter", "loss"):
+        value = data.get(key, getattr(base, key))
+        if value is None:
+            value = 0.0
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key} must be a number")
+        values[key] = float(value)
+    return validate(Settings(**values))
+
+
+def validate(s: Settings) -> Settings:
+    if s.delay < 0 or s.jitter < 0:
+        raise ValueError("delay and jitter cannot be negative")
+    if s.jitter > s.delay:
+        raise ValueError("jitter cannot be larger than the delay")
+    if not 0 <= s.loss <= 100:
+        raise ValueError("loss must be between 0 and 100 percent")
+    return s
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} delayline: {message}", file=sys.stderr, flush=True)
+
+
+def set_queue_flags(fd: int, queue: int, flags: int) -> str:
+    """Set nfqueue flags on the bound queue through the library's own netlink socket.
+
+    The kernel only accepts config messages from the socket that bound the queue, hence the dup.
+    Returns a short status for the log.
+    """
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        seq = 0x7E57BED
+        attrs = b""
+        for attr_type, value in ((_NFQA_CFG_FLAGS, flags), (_NFQA_CFG_MASK, flags)):
+            attrs += struct.pack("=HH", 8, attr_type) + struct.pack("!I", value)
+        nfgen = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue))
+        body = nfgen + attrs
+        header = struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
+                             _NLM_F_REQUEST | _NLM_F_ACK, seq, 0)
+        sock.send(header + body)
+        # The acknowledgement comes first unless a packet was queued in between; peek so that a
+        # packet is never taken away from the library.
+        ready, _, _ = select.select([sock], [], [], 1.0)
+        if not ready:
+            return "no answer"
+        head = sock.recv(65536, socket.MSG_PEEK)
+        if len(head) < 20:
+            return "short answer"
+        _length, msg_type, _flags, msg_seq, _pid = struct.unpack("=IHHII", head[:16])
+        if msg_type != _NLMSG_ERROR or msg_seq != seq:
+            return "answer not seen (a packet came first)"
+        sock.recv(65536)
+        (error,) = struct.unpack("=i", head[16:20])
+        return "ok" if error == 0 else f"refused: {os.strerror(-error)}"
+    finally:
+        sock.close()
+
+
+class DelayLine:
+    def __init__(self, settings: Settings, seed: int | None) -> None:
+        self.settings = settings
+        self.rng = random.Random(seed)
+        self.held: collections.deque[tuple[float, Any]] = collections.deque()
+        self.cond = threading.Condition()
+        self.last_due = 0.0
+        self.stopping = False
+        self.dropped = 0  # main thread only
+        self.passed = 0  # main thread only: accepted without waiting
+        self.released = 0  # release thread only
+
+    def sample_delay(self, s: Settings) -> float:
+        if s.jitter <= 0:
+            return s.delay
+        d = self.rng.gauss(s.delay, s.jitter / 2)
+        return min(max(d, s.delay - s.jitter), s.delay + s.jitter)
+
+    def on_packet(self, pkt: Any) -> None:
+        """Called by the library on the main thread for every queued packet."""
+        s = self.settings
+        if s.loss > 0 and self.rng.random() * 100.0 < s.loss:
+            pkt.drop()
+            self.dropped += 1
+            return
+        now = time.monotonic()
+        due = max(now + self.sample_delay(s), self.last_due)
+        self.last_due = due
+        with self.cond:
+            if self.stopping or (due <= now and not self.held):
+                pkt.accept()
+                self.passed += 1
+                return
+            self.held.append((due, pkt))
+            if len(self.held) == 1:
+                self.cond.notify()
+
+    def release_loop(self) -> None:
+        """Accept held packets when due; due times never decrease, so a FIFO suffices."""
+        while True:
+            batch: list[Any] = []
+            with self.cond:
+                while not self.held and not self.stopping:
+                    self.cond.wait()
+                if not self.held and self.stopping:
+                    return
+                now = time.monotonic()
+                while self.held and (self.stopping or self.held[0][0] <= now):
+                    batch.append(self.held.popleft()[1])
+                if not batch:
+                    self.cond.wait(self.held[0][0] - now)
+                    continue
+            for pkt in batch:
+                try:
+                    pkt.accept()
+                    self.released += 1
+                except RuntimeError as exc:  # queue already unbound
+                    log(f"could not release a packet: {exc}")
+                    return
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="NFQUEUE delay line (netem stand-in)")
+    parser.add_argument("--queue", type=int, required=True, help="NFQUEUE number to bind")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds")
+    parser.add_argument("--jitter", type=float, default=0.0, help="seconds (normal, sd jitter/2, clipped)")
+    parser.add_argument("--loss", type=float, default=0.0, help="percent of packets to drop")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--queue-maxlen", type=int, default=10000, help="packets the kernel may hold for us")
+    parser.add_argument("--control", default=None, help="JSON settings file re-read on SIGUSR1")
+    parser.add_argument("--stdin-control", action="store_true",
+                        help="read JSON settings lines from stdin; exit at end of stdin")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = validate(Settings(args.delay, args.jitter, args.loss))
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    from netfilterqueue import NetfilterQueue  # imported late so that --help works without it
+
+    sys.setswitchinterval(0.0005)  # the release thread must not wait 5 ms for the GIL
+    line = DelayLine(settings, args.seed)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    events: collections.deque[str] = collections.deque()
+    out_lock = threading.Lock()
+
+    def wake(event: str) -> None:
+        events.append(event)
+        try:
+            os.write(wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def reply(text: str) -> None:
+        with out_lock:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    signal.signal(signal.SIGTERM, lambda *_: wake("stop"))
+    signal.signal(signal.SIGINT, lambda *_: wake("stop"))
+    signal.signal(signal.SIGUSR1, lambda *_: wake("reload"))
+
+    nfq = NetfilterQueue()
+    try:
+        nfq.bind(args.queue, line.on_packet, max_len=args.queue_maxlen, mode=_COPY_META,
+                 sock_len=8 * 1024 * 1024)
+    except OSError as exc:
+        log(f"cannot bind NFQUEUE {args.queue}: {exc}")
+        return 2
+    fd = nfq.get_fd()
+    log(f"queue {args.queue} flags fail-open+gso: {set_queue_flags(fd, args.queue, _NFQA_CFG_F_FAIL_OPEN | _NFQA_CFG_F_GSO)}")
+
+    releaser = threading.Thread(target=line.release_loop, name="release", daemon=True)
+    releaser.start()
+
+    def read_stdin() -> None:
+        for text in sys.stdin:
+            if not text.strip():
+                continue
+            try:
+                line.settings = parse_settings(text, line.settings)
+            except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                reply(f"error {exc}")
+                continue
+            log(f"settings {line.settings.to_json()}")
+            reply(f"ok {line.settings.to_json()}")
+        wake("stop")
+
+    if args.stdin_control:
+        threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
+
+    log(f"bound queue {args.queue}, settings {settings.to_json()}, seed {args.seed}")
+    reply("ready")
+
+    running = True
+    while running:
+        readable, _, _ = select.select([fd, wake_r], [], [])
+        if fd in readable:
+            nfq.run(block=False)
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+            while events:
+                event = events.popleft()
+                if event == "stop":
+                    running = False
+                elif event == "reload" and args.control:
+                    try:
+                        with open(args.control, encoding="utf-8") as f:
+                            line.settings = parse_settings(f.read(), line.settings)
+                        log(f"settings {line.settings.to_json()} (from {args.control})")
+                    except (OSError, ValueError) as exc:
+                        log(f"cannot reload {args.control}: {exc}")
+
+    line.stop()  # the release thread lets everything held go at once
+    releaser.join(timeout=5)
+    nfq.run(block=False)  # packets already queued to us pass straight through
+    nfq.unbind()
+    log(f"stopped: {line.released} delayed, {line.passed} passed, {line.dropped} dropped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The summary table `testbed run` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def print_summary(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = result.manifest
+    console = Console(highlight=False)
+    table = Table(title=f"{m.get('name')} — status {m.get('status')}, outcome {m.get('outcome', '-')}")
+    table.add_column("check")
+    table.add_column("expected")
+    table.add_column("measured")
+    table.add_column("verdict")
+    for c in m.get("checks", []):
+        colour = "green" if c["verdict"] == "pass" else "red"
+        measured = c["measured"]
+        table.add_row(c["name"], str(c["expected"]), str(measured), f"[{colour}]{c['verdict']}[/{colour}]")
+    console.print(table)
+    if m.get("error"):
+        console.print(f"[red]error:[/red] {m['error']}")
+    console.print(f"archive: {result.run_dir}")

@@ -1,0 +1,382 @@
+"""One experiment end to end: build, configure, shape, run, collect, judge, tear down, archive."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from ipaddress import ip_interface
+from pathlib import Path
+from typing import Any
+
+import testbed
+from testbed.archive.store import SCHEMA_VERSION, RunDir
+from testbed.collect import counters as counters_mod
+from testbed.collect import system
+from testbed.collect.linkbytes import Sampler
+from testbed.collect.sockets import SocketSampler
+from testbed.errors import CapabilityError, RunError
+from testbed.events import Timeline
+from testbed.spec.experiment import (BackupEvent, Bulk, EndpointAddEvent, EndpointRemoveEvent, Event,
+                                     ImpairmentEvent, Iperf3, LinkEvent, Workload)
+from testbed.spec.load import LoadedExperiment
+from testbed.state import RunState, sweep
+from testbed.verdict import Measurements, judge, outcome
+
+CAPTURE_AUTO_LIMIT = 200_000_000  # bytes moved by bulk workloads above which 'auto' skips pcaps
+
+
+class Interrupted(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    manifest: dict
+    exit_code: int
+    checks: list = field(default_factory=list)
+
+
+def _git_sha() -> str | None:
+    src = Path(testbed.__file__).resolve().parent.parent
+    if not (src / ".git").exists():
+        return None
+    try:
+        r = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@contextlib.contextmanager
+def signals_raise():
+    """SIGTERM raises Interrupted; SIGINT raises KeyboardInterrupt (Python's default)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise Interrupted()
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """During teardown a second Ctrl-C must not leave half the network behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _capture_on(loaded: LoadedExperiment) -> bool:
+    c = loaded.experiment.capture
+    if c in (True, "on"):
+        return True
+    if c in (False, "off"):
+        return False
+    moved = sum(w.size for w in loaded.experiment.workloads if isinstance(w, Bulk))
+    long_iperf = any(isinstance(w, Iperf3) and w.duration > 30 for w in loaded.experiment.workloads)
+    return moved <= CAPTURE_AUTO_LIMIT and not long_iperf
+
+
+class Runner:
+    def __init__(self, loaded: LoadedExperiment, results: Path, seed: int | None = None,
+                 cli_set: list[str] | None = None, shaping: str | None = None):
+        self.loaded = loaded
+        self.exp = loaded.experiment
+        self.res = loaded.topo.resolved
+        self.results = results
+        self.seed = self.exp.seed if seed is None else seed
+        self.cli_set = cli_set or []
+        self.shaping = shaping or self.exp.shaping
+        self.network: Any = None
+        self.shaper: Any = None
+        self.captures: Any = None
+        self.manifest: dict[str, Any] = {}
+        self.link_directions: dict[tuple[int, bool], Any] = {}
+
+    # -- preparation that must not build anything ------------------------------------------------
+    def preflight(self) -> tuple[Any, str]:
+        from testbed.emulation import shaping
+        from testbed.stacks import upstream
+        from testbed.stacks.features import detect
+
+        if os.geteuid() != 0:
+            raise CapabilityError("testbed run needs root (network namespaces): run it with sudo")
+        features = detect()
+        for name, cfg in self.loaded.stacks.items():
+            upstream.check_supported(cfg, features, name)
+        needs_shaping = any(link.impairment and not (link.impairment.direction(True).empty and
+                                                     link.impairment.direction(False).empty)
+                            for link in self.res.topology.links)
+        backend = shaping.choose_backend(None if self.shaping == "auto" else self.shaping)
+        return features, backend if needs_shaping else backend
+
+    def run(self) -> RunResult:
+        features, backend = self.preflight()
+        run_dir = RunDir(self.results, self.exp.name)
+        state = RunState(f"{run_dir.name}")
+        state.save()
+        self.manifest = {
+            "schema_version": SCHEMA_VERSION, "testbed_version": testbed.__version__, "git_sha": _git_sha(),
+            "name": self.exp.name, "run_id": run_dir.name,
+            "host": {**system.host_info(), "mptcp": features.as_dict(), "shaping_backend": backend},
+            "started": _now(), "finished": None, "seed": self.seed,
+            "inputs": {"experiment": {"file": str(self.loaded.path), "text": self.loaded.rendered},
+                       "topology": {"file": str(self.loaded.topo.path), "parameters":
+                                    {k: str(v) for k, v in self.loaded.topo.parameters.items()},
+                                    "rendered": self.loaded.topo.rendered},
+                       "set": self.cli_set},
+            "status": "error",
+        }
+        run_dir.write_text("inputs/experiment.yaml", self.loaded.rendered)
+        run_dir.write_text("inputs/topology.yaml", self.loaded.topo.rendered)
+        checks: list = []
+        exit_code = 1
+        try:
+            with signals_raise():
+                checks = self._run(run_dir, state, backend)
+            self.manifest["status"] = "complete"
+            exit_code = 0 if all(c.verdict == "pass" for c in checks) else 1
+        except (KeyboardInterrupt, Interrupted):
+            self.manifest["status"] = "interrupted"
+            exit_code = 130
+        except (RunError, RuntimeError, OSError) as exc:
+            self.manifest["status"] = "error"
+            self.manifest["error"] = str(exc)
+            exit_code = 1
+        finally:
+            with signals_deferred():
+                self._teardown(state)
+                self.manifest["finished"] = _now()
+                final = run_dir.finalize(self.manifest)
+        return RunResult(final, self.manifest, exit_code, checks)
+
+    # -- the run itself ---------------------------------------------------------------------------
+    def _run(self, run_dir: RunDir, state: RunState, backend: str) -> list:
+        from testbed.emulation.network import Network
+        from testbed.emulation.shaping import LinkDirection, Shaper
+        from testbed.stacks import upstream
+
+        t_build = time.monotonic()
+        self.network = Network(self.res, state, tag=run_dir.tag)
+        self.network.start()
+        stacks = {}
+        for name, cfg in self.loaded.stacks.items():
+            stacks[name] = upstream.configure(self.network.node(name), name, cfg, self.res)
+        self.manifest["stacks"] = stacks
+        self.shaper = Shaper(backend, run_dir.path("logs/shaping"), seed=self.seed)
+        links = []
+        for li, link in enumerate(self.res.topology.links):
+            if link.impairment is None:
+                continue
+            for forward in (True, False):
+                imp = link.impairment.direction(forward)
+                if imp.empty:
+                    continue
+                d = self._direction(li, forward, imp, LinkDirection)
+                self.link_directions[(li, forward)] = d
+                desc = self.shaper.apply(d)
+                for pid in self.shaper.processes():
+                    if not any(p["pid"] == pid for p in state.processes):
+                        state.add_process(pid, f"shaping {d.label}")
+                links.append({"link": li, "name": link.name, "direction": "forward" if forward else "reverse",
+                              **desc})
+        self.manifest["shaping"] = {"backend": backend, "links": links}
+        self.manifest["timing"] = {"build_seconds": round(time.monotonic() - t_build, 4)}
+        nodes = {n: self.network.node(n) for n in self.res.l3_nodes()}
+        self.manifest["sysctls"] = {n: system.node_sysctls(node) for n, node in nodes.items()}
+        self.manifest["versions"] = system.tool_versions()
+
+        if _capture_on(self.loaded):
+            from testbed.collect.pcap import Captures
+
+            self.captures = Captures(run_dir.path("pcaps"), state)
+            targets = [(i.ref, nodes[n], i.name) for n in nodes if self.res.topology.nodes[n].kind == "host"
+                       for i in self.res.interfaces[n]]
+            self.captures.start(targets)
+        before = {n: counters_mod.snapshot(node.pid) for n, node in nodes.items()}
+        t0 = time.monotonic()
+        refs = {i.ref: (nodes[n].pid, i.name) for n in nodes for i in self.res.interfaces[n]}
+        sampler = Sampler(refs, self.exp.sample_interval, t0)
+        hosts = {n: nodes[n] for n in nodes if self.res.topology.nodes[n].kind == "host"}
+        sockets = SocketSampler(hosts, 1.0, t0)
+        timeline = Timeline(self.exp.events, self._apply_event, t0)
+        sampler.start()
+        sockets.start()
+        timeline.start()
+        results: dict[str, dict] = {}
+        try:
+            results = self._workloads(run_dir, state, nodes)
+        finally:
+            timeline.stop()
+            sampler.stop()
+            sockets.stop()
+            if self.captures is not None:
+                self.manifest["captures"] = self.captures.stop()
+                self.captures = None
+        self.manifest["timing"]["workloads_seconds"] = round(time.monotonic() - t0, 4)
+        after = {n: counters_mod.snapshot(node.pid) for n, node in nodes.items()}
+        deltas = {n: counters_mod.delta(before[n], after[n]) for n in nodes}
+        run_dir.write_json("counters.json", {"delta": deltas, "before": before, "after": after})
+        run_dir.write_json("linkbytes.json", {"interval": self.exp.sample_interval, "columns": ["t", "rx", "tx"],
+                                              "series": sampler.series})
+        run_dir.write_json("sockets.json", sockets.snapshots)
+        run_dir.write_json("events.json", timeline.log)
+        self.manifest["events"] = timeline.log
+        self.manifest["workloads"] = {n: _summary(r) for n, r in results.items()}
+        self.manifest["counters"] = {n: {k: v for k, v in d.items() if k.startswith(("MPTcpExt", "MPTCP"))}
+                                     for n, d in deltas.items()}
+        specs = dict(zip(self.exp.workload_names(), self.exp.workloads, strict=True))
+        m = Measurements(results, specs, deltas, sampler.bytes_between,
+                         {n: [i.name for i in self.res.interfaces[n]] for n in nodes})
+        self.manifest["outcome"] = outcome(m)
+        checks = judge(self.exp, m, self.manifest["outcome"])
+        self.manifest["checks"] = [c.as_dict() for c in checks]
+        return checks
+
+    def _direction(self, li: int, forward: bool, imp, cls) -> Any:
+        link = self.res.topology.links[li]
+        a, b = link.endpoints if forward else reversed(link.endpoints)
+        sender, receiver = self.network.node(a.node), self.network.node(b.node)
+        kinds = self.res.topology.nodes
+
+        def ifname(end) -> str:
+            if kinds[end.node].kind == "switch":
+                return self._switch_port(li, end.node)
+            return next(i.name for i in self.res.interfaces[end.node] if i.link == li)
+
+        recv_switch = kinds[b.node].kind == "switch"
+        label = f"{link.name or f'link{li}'} {'forward' if forward else 'reverse'}"
+        return cls(label=label, sender=sender, sender_if=ifname(a), receiver=None if recv_switch else receiver,
+                   receiver_if=None if recv_switch else ifname(b), impairment=imp)
+
+    def _switch_port(self, li: int, switch: str) -> str:
+        count = 0
+        for lj, link in enumerate(self.res.topology.links):
+            count += sum(1 for e in link.endpoints if e.node == switch)
+            if lj == li:
+                return f"{self.network.bridges[switch]}p{count}"
+        raise KeyError(switch)
+
+    def _workloads(self, run_dir: RunDir, state: RunState, nodes: dict[str, Any]) -> dict[str, dict]:
+        from testbed.workloads import drivers
+
+        names = self.exp.workload_names()
+        groups: list[list[tuple[str, Workload]]] = []
+        for name, w in zip(names, self.exp.workloads, strict=True):
+            if w.concurrent and groups:
+                groups[-1].append((name, w))
+            else:
+                groups.append([(name, w)])
+        results: dict[str, dict] = {}
+        for group in groups:
+            threads = []
+            for name, w in group:
+                log_dir = run_dir.path(f"workloads/{name}/x").parent
+                ctx = drivers.Context(nodes[w.client], nodes[w.server], self._target(w), log_dir, state, self.seed)
+
+                def work(name=name, w=w, ctx=ctx):
+                    results[name] = {"started": round(time.monotonic(), 4), **drivers.run(w, ctx)}
+
+                t = threading.Thread(target=work, name=f"workload-{name}", daemon=True)
+                threads.append(t)
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.05)  # short joins keep the main thread responsive to signals
+        for name in names:
+            run_dir.write_json(f"workloads/{name}/result.json", results.get(name, {}))
+        return results
+
+    def _target(self, w: Workload) -> str:
+        if w.target and ":" in w.target:
+            node, _, intf = w.target.partition(":")
+            return str(ip_interface(self.res.interface(node, intf).address).ip)
+        if w.target:
+            return w.target
+        return str(ip_interface(self.res.interfaces[w.server][0].address).ip)
+
+    def _apply_event(self, event: Event) -> Any:
+        from testbed.stacks import upstream
+
+        if isinstance(event, LinkEvent):
+            self.network.set_link(event.link, event.action == "link_up")
+            return None
+        if isinstance(event, ImpairmentEvent):
+            node, _, intf = event.link.partition(":")
+            i = self.res.interface(node, intf)
+            assert i.link is not None
+            out = []
+            for forward in (True, False):
+                if event.direction != "both" and (event.direction == "forward") != forward:
+                    continue
+                d = self.link_directions.get((i.link, forward))
+                if d is None:
+                    from testbed.emulation.shaping import LinkDirection
+
+                    d = self._direction(i.link, forward, event.impairment, LinkDirection)
+                    self.link_directions[(i.link, forward)] = d
+                    out.append(self.shaper.apply(d))
+                else:
+                    out.append(self.shaper.change(d, event.impairment.over(d.impairment)))
+            return out
+        if isinstance(event, EndpointAddEvent):
+            upstream.add_endpoint(self.network.node(event.node), event.node, event.endpoint, self.res)
+        elif isinstance(event, EndpointRemoveEvent):
+            upstream.remove_endpoint(self.network.node(event.node), event.node, event.interface, self.res)
+        elif isinstance(event, BackupEvent):
+            upstream.set_backup(self.network.node(event.node), event.node, event.interface, event.backup, self.res)
+        return None
+
+    def _teardown(self, state: RunState) -> None:
+        errors = []
+        if self.captures is not None:
+            with contextlib.suppress(Exception):
+                self.captures.stop()
+        if self.shaper is not None:
+            try:
+                self.shaper.stop()
+            except Exception as exc:  # noqa: BLE001 - keep tearing down; reported in the manifest
+                errors.append(f"shaper: {exc}")
+        if self.network is not None:
+            try:
+                self.network.stop()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(str(exc))
+        sweep(state)  # anything still alive in our namespaces, and our root-namespace links
+        state.remove()
+        if errors:
+            self.manifest.setdefault("teardown_errors", errors)
+
+
+def _summary(r: dict) -> dict:
+    """The workload result without the bulky per-sample lists (those stay in workloads/<name>/)."""
+    out = {k: v for k, v in r.items() if k not in ("client", "server")}
+    for side in ("client", "server"):
+        if isinstance(r.get(side), dict):
+            out[side] = {k: v for k, v in r[side].items() if k != "samples"}
+    return out

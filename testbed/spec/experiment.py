@@ -1,0 +1,210 @@
+"""Experiment models: which topology, how each node speaks MPTCP, what traffic, what events, what to expect."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from testbed.spec.model import Model
+from testbed.spec.names import IfName, NodeName, RunName
+from testbed.spec.stack import Endpoint, EndpointFlag, StackConfig
+from testbed.spec.topology import Impairment
+from testbed.spec.units import Duration, Percent, Rate, Size
+
+Protocol = Literal["mptcp", "tcp"]
+
+
+class TopologyRef(Model):
+    file: str = Field(description="path to the topology, relative to the experiment file")
+    set: dict[str, Any] = Field(default_factory=dict, description="template parameters")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _brief(cls, value: Any) -> Any:
+        return {"file": value} if isinstance(value, str) else value
+
+
+class WorkloadBase(Model):
+    name: RunName | None = Field(None, description="defaults to the type, numbered if repeated")
+    client: NodeName = "client"
+    server: NodeName = "server"
+    target: str | None = Field(None, description="server address: 'node:interface' or an IP (default: server's first)")
+    port: int = Field(5201, ge=1, le=65535)
+    protocol: Protocol = Field("mptcp", description="socket the workload opens (mptcp falls back when refused)")
+    concurrent: bool = Field(False, description="start together with the previous workload instead of after it")
+    timeout: Duration = Field(60.0, gt=0)
+
+
+class Bulk(WorkloadBase):
+    type: Literal["bulk"]
+    size: Size = Field(20_000_000, gt=0)
+    direction: Literal["upload", "download"] = "upload"
+
+
+class RequestResponse(WorkloadBase):
+    type: Literal["rr"]
+    requests: int = Field(100, ge=1, le=100_000)
+    request_size: Size = 100
+    response_size: Size = 1000
+    interval: Duration = 0.0
+    new_connection: bool = Field(False, description="one connection per request (measures handshakes too)")
+
+
+class Iperf3(WorkloadBase):
+    type: Literal["iperf3"]
+    duration: Duration = Field(5.0, gt=0, le=3600)
+    reverse: bool = False
+    streams: int = Field(1, ge=1, le=16)
+
+
+class Ping(WorkloadBase):
+    type: Literal["ping"]
+    count: int = Field(20, ge=1, le=100_000)
+    interval: Duration = Field(0.05, ge=0.002)
+
+
+Workload = Annotated[Bulk | RequestResponse | Iperf3 | Ping, Field(discriminator="type")]
+
+
+class EventBase(Model):
+    at: Duration = Field(description="time after the first workload starts")
+
+
+class LinkEvent(EventBase):
+    action: Literal["link_down", "link_up"]
+    link: str = Field(description="'node:interface' at one end of the link")
+
+
+class ImpairmentEvent(EventBase):
+    action: Literal["set_impairment"]
+    link: str
+    direction: Literal["both", "forward", "reverse"] = "both"
+    impairment: Impairment
+
+
+class EndpointAddEvent(EventBase):
+    action: Literal["endpoint_add"]
+    node: NodeName
+    endpoint: Endpoint
+
+
+class EndpointRemoveEvent(EventBase):
+    action: Literal["endpoint_remove"]
+    node: NodeName
+    interface: IfName
+
+
+class BackupEvent(EventBase):
+    action: Literal["set_backup"]
+    node: NodeName
+    interface: IfName
+    backup: bool = True
+
+
+Event = Annotated[LinkEvent | ImpairmentEvent | EndpointAddEvent | EndpointRemoveEvent | BackupEvent,
+                  Field(discriminator="action")]
+
+
+class Bound(Model):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exact(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {"min": value, "max": value}
+        return value
+
+
+class RateBound(Model):
+    min: Rate | None = None
+    max: Rate | None = None
+    workload: str | None = None
+
+
+class DurationBound(Model):
+    min: Duration | None = None
+    max: Duration | None = None
+
+
+class LatencyExpect(Model):
+    workload: str | None = None
+    metric: Literal["ttfb", "completion"] = "ttfb"
+    p50: DurationBound | None = None
+    p95: DurationBound | None = None
+    p99: DurationBound | None = None
+
+
+class PathExpect(Model):
+    """Bytes one interface carried (sent + received) within a time window of the workload phase."""
+
+    min_share: Percent | None = Field(None, description="share of all bytes over the node's interfaces")
+    max_share: Percent | None = None
+    min_bytes: Size | None = None
+    max_bytes: Size | None = None
+    start: Duration | None = Field(None, description="window start, after the first workload starts")
+    end: Duration | None = None
+
+
+class Compare(Model):
+    """`left` is at most `factor` × `right`; metrics are 'workload.metric' (e.g. rr-mptcp.ttfb_p95)."""
+
+    left: str
+    right: str
+    factor: float = Field(1.0, gt=0)
+
+
+class Expect(Model):
+    outcome: Literal["mptcp", "fallback", "failed"] | None = None
+    transfer_intact: bool | None = None
+    counters: dict[str, Bound] = Field(default_factory=dict,
+                                       description="'node.CounterName' (delta over the run) → bounds")
+    subflows: Bound | None = Field(None, description="joined subflows + 1, from the client's counters")
+    goodput: RateBound | None = None
+    latency: LatencyExpect | None = None
+    paths: dict[str, PathExpect] = Field(default_factory=dict, description="'node:interface' → bytes carried")
+    compare: list[Compare] = Field(default_factory=list)
+
+
+class Experiment(Model):
+    name: RunName
+    description: str = ""
+    topology: TopologyRef
+    stacks: dict[NodeName, StackConfig] = Field(default_factory=dict,
+                                                description="per-node MPTCP config, over the topology's")
+    workloads: list[Workload] = Field(min_length=1)
+    events: list[Event] = Field(default_factory=list)
+    expect: Expect = Field(default_factory=Expect)
+    capture: Literal["auto", "on", "off"] | bool = Field(
+        "auto", description="pcaps of every host interface; auto: on unless more than 200MB moves")
+    sample_interval: Duration = Field(0.1, ge=0.01, le=10, description="interface byte counters period")
+    shaping: Literal["auto", "netem", "fallback"] = "auto"
+    timeout: Duration = Field(300.0, gt=0, description="the whole run, set-up to teardown")
+    seed: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Experiment:
+        seen: dict[str, int] = {}
+        for w in self.workloads:
+            seen[w.type] = seen.get(w.type, 0) + 1
+        names = [w.name for w in self.workloads if w.name]
+        if len(names) != len(set(names)):
+            raise PydanticCustomError("names", "two workloads have the same name")
+        return self
+
+    def workload_names(self) -> list[str]:
+        counts: dict[str, int] = {}
+        out = []
+        for w in self.workloads:
+            if w.name:
+                out.append(w.name)
+                continue
+            counts[w.type] = counts.get(w.type, 0) + 1
+            out.append(w.type if counts[w.type] == 1 else f"{w.type}-{counts[w.type]}")
+        return out
+
+
+__all__ = ["Experiment", "EndpointFlag", "Workload", "Event"]

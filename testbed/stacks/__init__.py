@@ -1,0 +1,1 @@
+"""MPTCP stack drivers and kernel flavour/version detection."""

@@ -1,0 +1,64 @@
+"""What the kernel (and iproute2) here can do for MPTCP: flavour, version, feature set."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Features:
+    flavour: str  # "upstream" | "v0.9x" | "none"
+    kernel: str
+    version: tuple[int, int]
+    endpoint_flags: frozenset[str] = field(default_factory=frozenset)
+    schedulers: tuple[str, ...] = ()
+    path_managers: tuple[str, ...] = ()
+    sysctls: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"flavour": self.flavour, "kernel": self.kernel, "version": ".".join(map(str, self.version)),
+                "endpoint_flags": sorted(self.endpoint_flags), "schedulers": list(self.schedulers),
+                "path_managers": list(self.path_managers)}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+@functools.cache
+def iproute2_endpoint_flags() -> frozenset[str]:
+    try:
+        out = subprocess.run(["ip", "mptcp", "help"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    text = out.stdout + out.stderr
+    m = re.search(r"FLAG\s*:=\s*\[([^\]]*)\]", text)
+    return frozenset(f.strip() for f in m.group(1).split("|")) if m else frozenset()
+
+
+@functools.cache
+def detect() -> Features:
+    release = os.uname().release
+    m = re.match(r"(\d+)\.(\d+)", release)
+    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    base = Path("/proc/sys/net/mptcp")
+    if (base / "enabled").exists():
+        flags = set(iproute2_endpoint_flags())
+        if version < (6, 18):
+            flags.discard("laminar")  # the kernel learnt 'laminar' endpoints in 6.18
+        return Features("upstream", release, version, frozenset(flags),
+                        tuple(_read(base / "available_schedulers").split()),
+                        tuple(_read(base / "available_path_managers").split()),
+                        tuple(sorted(p.name for p in base.iterdir())))
+    if (base / "mptcp_enabled").exists():
+        return Features("v0.9x", release, version, frozenset(),
+                        tuple(), tuple(), tuple(sorted(p.name for p in base.iterdir())))
+    return Features("none", release, version)

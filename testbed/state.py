@@ -1,0 +1,152 @@
+"""What a run has created, written down as it is created, so a killed run can be cleaned up.
+
+One JSON file per run under STATE_DIR. Processes are recorded with their start time (so a reused
+pid is never killed) and their network-namespace inode (so everything else living in that namespace
+is found too). Root-namespace interfaces (switch bridges and their ports) are recorded by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STATE_DIR = Path(os.environ.get("TESTBED_STATE_DIR", "/run/testbed"))
+
+
+def proc_start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def netns_inode(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+@dataclass
+class RunState:
+    run_id: str
+    owner_pid: int = field(default_factory=os.getpid)
+    owner_start: int | None = None
+    processes: list[dict] = field(default_factory=list)  # {pid, start, netns, what}
+    links: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)  # netns inodes of our nodes
+
+    def __post_init__(self) -> None:
+        if self.owner_start is None:
+            self.owner_start = proc_start_time(self.owner_pid)
+
+    @property
+    def path(self) -> Path:
+        return STATE_DIR / f"{self.run_id}.json"
+
+    def save(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, self.path)
+
+    def add_process(self, pid: int, what: str, node_namespace: bool = False) -> None:
+        ns = netns_inode(pid)
+        self.processes.append({"pid": pid, "start": proc_start_time(pid), "netns": ns, "what": what})
+        if node_namespace and ns and ns not in self.namespaces:
+            self.namespaces.append(ns)
+        self.save()
+
+    def add_link(self, name: str) -> None:
+        self.links.append(name)
+        self.save()
+
+    def owner_alive(self) -> bool:
+        return proc_start_time(self.owner_pid) == self.owner_start
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        return cls(**json.loads(path.read_text()))
+
+
+def pids_in_namespaces(namespaces: set[str]) -> list[int]:
+    """Every process whose network namespace is one of ours (found by inode, never by name)."""
+    found = []
+    own = netns_inode(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        ns = netns_inode(int(entry))
+        if ns in namespaces and ns != own:
+            found.append(int(entry))
+    return found
+
+
+def kill_all(pids: list[int], grace: float = 1.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        if alive:
+            time.sleep(0.02)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def sweep(state: RunState) -> dict[str, int]:
+    """Remove everything `state` lists: processes (and all others in our namespaces), then links."""
+    import subprocess
+
+    namespaces = set(state.namespaces)
+    pids = set(pids_in_namespaces(namespaces)) if namespaces else set()
+    for proc in state.processes:
+        if proc_start_time(proc["pid"]) == proc["start"]:
+            pids.add(proc["pid"])
+    pids.discard(os.getpid())
+    kill_all(sorted(pids))
+    removed_links = 0
+    for name in state.links:
+        r = subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=10)
+        removed_links += r.returncode == 0
+    return {"processes": len(pids), "links": removed_links}
+
+
+def clean(force: bool = False) -> list[tuple[str, str]]:
+    """Sweep every recorded run whose owner is gone (or all of them with force)."""
+    results = []
+    if not STATE_DIR.exists():
+        return results
+    for path in sorted(STATE_DIR.glob("*.json")):
+        try:
+            state = RunState.load(path)
+        except (OSError, ValueError, TypeError):
+            results.append((path.stem, "unreadable state file left in place"))
+            continue
+        if state.owner_alive() and not force:
+            results.append((state.run_id, f"still running (pid {state.owner_pid}); left alone"))
+            continue
+        counts = sweep(state)
+        state.remove()
+        results.append((state.run_id, f"removed {counts['processes']} processes, {counts['links']} links"))
+    return results

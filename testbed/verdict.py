@@ -1,0 +1,159 @@
+"""Expectations → checks (expected, measured, verdict), and the run's outcome category."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from testbed.spec.experiment import Bound, Experiment
+from testbed.spec.units import format_duration, format_percent, format_rate, format_size
+
+# Counters that move when an MPTCP connection falls back to TCP (at or after the handshake).
+FALLBACK_COUNTERS = ("MPTcpExtMPCapableFallbackACK", "MPTcpExtMPCapableFallbackSYNACK",
+                     "MPTcpExtMPFallbackTokenInit", "MPTcpExtDssFallback", "MPTcpExtInfiniteMapTx",
+                     "MPTcpExtInfiniteMapRx", "MPTcpExtMPCapableDataFallback",
+                     "MPTcpExtSimultConnectFallback", "MPTcpExtDSSCorruptionFallback", "MPTcpExtMD5SigFallback")
+STREAM_TYPES = ("bulk", "rr", "iperf3")
+
+
+@dataclass
+class Check:
+    name: str
+    expected: str
+    measured: Any
+    verdict: str  # "pass" | "fail"
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Measurements:
+    workloads: dict[str, dict]  # name → result
+    workload_specs: dict[str, Any]
+    counters: dict[str, dict[str, int]]  # node → delta
+    path_bytes: Any  # (ref, start, end) → bytes
+    node_interfaces: dict[str, list[str]]
+
+
+def outcome(m: Measurements) -> str:
+    streams = [(n, r) for n, r in m.workloads.items() if r.get("type") in STREAM_TYPES]
+    if not streams:
+        return "none"
+    if any(not r.get("ok") for _, r in streams):
+        return "failed"
+    mptcp_streams = [n for n, r in streams if r.get("protocol") == "mptcp"]
+    if not mptcp_streams:
+        return "fallback"
+    clients = {m.workload_specs[n].client for n in mptcp_streams}
+    negotiated = sum(m.counters.get(c, {}).get("MPTcpExtMPCapableSYNACKRX", 0) for c in clients)
+    fell_back = sum(m.counters.get(node, {}).get(k, 0) for node in m.counters for k in FALLBACK_COUNTERS)
+    return "mptcp" if negotiated > 0 and fell_back == 0 else "fallback"
+
+
+def _bound_text(b: Any, fmt=lambda v: f"{v:g}") -> str:
+    if b.min is not None and b.max is not None:
+        return f"= {fmt(b.min)}" if b.min == b.max else f"{fmt(b.min)} .. {fmt(b.max)}"
+    if b.min is not None:
+        return f">= {fmt(b.min)}"
+    if b.max is not None:
+        return f"<= {fmt(b.max)}"
+    return "any"
+
+
+def _within(value: float | None, b: Any) -> bool:
+    if value is None:
+        return False
+    return (b.min is None or value >= b.min) and (b.max is None or value <= b.max)
+
+
+def _first(m: Measurements, types: tuple[str, ...], name: str | None) -> tuple[str | None, dict]:
+    if name:
+        return name, m.workloads.get(name, {})
+    for n, r in m.workloads.items():
+        if r.get("type") in types:
+            return n, r
+    return None, {}
+
+
+def metric(m: Measurements, ref: str) -> float | None:
+    """'workload.metric': goodput, seconds, ttfb_p95, completion_p50, rtt_p99, loss_percent, ..."""
+    name, _, what = ref.rpartition(".")
+    r = m.workloads.get(name, {})
+    if what in ("goodput", "goodput_bps"):
+        return r.get("goodput_bps")
+    family, _, pct = what.partition("_")
+    if family in ("ttfb", "completion", "rtt") and isinstance(r.get(family), dict):
+        return r[family].get(pct)
+    value = r.get(what)
+    return value if isinstance(value, int | float) else None
+
+
+def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check]:
+    e = exp.expect
+    checks: list[Check] = []
+    if e.outcome != "failed":
+        for name, r in m.workloads.items():
+            checks.append(Check(f"workload {name} completed", "ok", "ok" if r.get("ok") else r.get("error"),
+                                "pass" if r.get("ok") else "fail"))
+    if e.outcome:
+        checks.append(Check("outcome", e.outcome, measured_outcome,
+                            "pass" if measured_outcome == e.outcome else "fail",
+                            "from MPTcpExt counters: MP_CAPABLE SYN/ACK received and no fallback counter moved"))
+    if e.transfer_intact is not None:
+        bulks = {n: r for n, r in m.workloads.items() if r.get("type") == "bulk"}
+        intact = bool(bulks) and all(r.get("intact") for r in bulks.values())
+        checks.append(Check("transfer intact (sha256 end to end)", str(e.transfer_intact).lower(),
+                            {n: r.get("intact") for n, r in bulks.items()},
+                            "pass" if intact == e.transfer_intact else "fail"))
+    for key, bound in e.counters.items():
+        node, _, counter = key.partition(".")
+        value = m.counters.get(node, {}).get(counter, 0)
+        checks.append(Check(f"counter {key}", _bound_text(bound), value, "pass" if _within(value, bound) else "fail"))
+    if e.subflows is not None:
+        name, _ = _first(m, STREAM_TYPES, None)
+        client = m.workload_specs[name].client if name else None
+        c = m.counters.get(client or "", {})
+        value = 1 + c.get("MPTcpExtMPJoinSynAckRx", 0) + c.get("MPTcpExtMPJoinAckRx", 0)
+        checks.append(Check(f"subflows at {client}", _bound_text(e.subflows), value,
+                            "pass" if _within(value, e.subflows) else "fail",
+                            "1 + MPJoinSynAckRx + MPJoinAckRx"))
+    if e.goodput is not None:
+        name, r = _first(m, ("bulk", "iperf3"), e.goodput.workload)
+        value = r.get("goodput_bps")
+        checks.append(Check(f"goodput of {name}", _bound_text(e.goodput, format_rate),
+                            format_rate(value) if value else None, "pass" if _within(value, e.goodput) else "fail"))
+    if e.latency is not None:
+        name, r = _first(m, ("rr",), e.latency.workload)
+        series = r.get(e.latency.metric) or {}
+        for pct in ("p50", "p95", "p99"):
+            bound: Any = getattr(e.latency, pct)
+            if bound is None:
+                continue
+            value = series.get(pct)
+            checks.append(Check(f"{e.latency.metric} {pct} of {name}", _bound_text(bound, format_duration),
+                                format_duration(value) if value is not None else None,
+                                "pass" if _within(value, bound) else "fail"))
+    for ref, p in e.paths.items():
+        node = ref.partition(":")[0]
+        own = m.path_bytes(ref, p.start, p.end)
+        total = sum(m.path_bytes(f"{node}:{i}", p.start, p.end) for i in m.node_interfaces.get(node, []))
+        share = 100.0 * own / total if total else 0.0
+        window = "" if p.start is None and p.end is None else (
+            f" from {format_duration(p.start or 0)}" + (f" to {format_duration(p.end)}" if p.end else ""))
+        if p.min_share is not None or p.max_share is not None:
+            b = Bound(min=p.min_share, max=p.max_share)
+            checks.append(Check(f"share of {node}'s bytes on {ref}{window}", _bound_text(b, format_percent),
+                                format_percent(round(share, 2)), "pass" if _within(share, b) else "fail",
+                                f"{own} of {total} bytes"))
+        if p.min_bytes is not None or p.max_bytes is not None:
+            b = Bound(min=p.min_bytes, max=p.max_bytes)
+            checks.append(Check(f"bytes on {ref}{window}", _bound_text(b, format_size), own,
+                                "pass" if _within(own, b) else "fail"))
+    for c in e.compare:
+        left, right = metric(m, c.left), metric(m, c.right)
+        ok = left is not None and right is not None and left <= c.factor * right
+        checks.append(Check(f"{c.left} <= {c.factor:g} x {c.right}", f"<= {c.factor:g} x {right}", left,
+                            "pass" if ok else "fail"))
+    return checks
