@@ -13,12 +13,21 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from testbed.spec.resolve import Interface, Resolved
 from testbed.spec.topology import Impairment
-from testbed.spec.units import format_duration, format_percent, format_rate
+from testbed.spec.units import (
+    format_duration,
+    format_percent,
+    format_rate,
+    parse_duration,
+    parse_percent,
+    parse_rate,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # labels shared by both drawings
@@ -28,16 +37,25 @@ def impairment_text(imp: Impairment | None) -> str:
     """`50Mbit 10ms±2ms 5% q100`; empty for no impairment."""
     if imp is None:
         return ""
+    # Merged per-direction impairments may carry fields in their written form ("10ms"): parse both.
+    rate, delay, jitter, loss = (_number(getattr(imp, f), parse) for f, parse in (
+        ("rate", parse_rate), ("delay", parse_duration), ("jitter", parse_duration), ("loss", parse_percent)))
     parts: list[str] = []
-    if imp.rate:
-        parts.append(format_rate(imp.rate))
-    if imp.delay:
-        parts.append(format_duration(imp.delay) + (f"±{format_duration(imp.jitter)}" if imp.jitter else ""))
-    if imp.loss:
-        parts.append(format_percent(imp.loss))
+    if rate:
+        parts.append(format_rate(rate))
+    if delay:
+        parts.append(format_duration(delay) + (f"±{format_duration(jitter)}" if jitter else ""))
+    if loss:
+        parts.append(format_percent(loss))
     if imp.queue:
         parts.append(f"q{imp.queue}")
     return " ".join(parts)
+
+
+def _number(value: float | str | None, parse: Callable[[Any], float]) -> float:
+    if value is None:
+        return 0.0
+    return parse(value) if isinstance(value, str) else float(value)
 
 
 def direction_texts(resolved: Resolved, link: int, forward_glyph: str = "→",
@@ -133,7 +151,7 @@ PAD = 10  # space between neighbouring labels along a line
 MARGIN = 30
 ROW_GAP = 60  # vertical space between the boxes of one column
 MIN_COL_GAP = 120  # horizontal space between the boxes of neighbouring columns
-SPREAD = 2 * LINE + 4  # separation wanted between neighbouring lines where interface labels sit
+SPREAD = 2 * LINE + 10  # separation wanted between neighbouring lines where interface labels sit
 MAX_SPREAD = 150.0  # ... but interface labels start at most this far from their node's centre
 
 _FILL = {"host": ("#dbeafe", "#1d4ed8"), "router": ("#dcfce7", "#15803d"), "switch": ("#f1f5f9", "#475569")}
@@ -153,13 +171,6 @@ class _Box:
     h: float
     x: float = 0.0
     y: float = 0.0
-
-    def exit_distance(self, dx: float, dy: float) -> float:
-        """Distance from the centre to the border along the unit direction (dx, dy)."""
-        hw, hh = self.w / 2, self.h / 2
-        tx = hw / abs(dx) if dx else math.inf
-        ty = hh / abs(dy) if dy else math.inf
-        return min(tx, ty)
 
 
 @dataclass
@@ -243,15 +254,22 @@ def _edges(resolved: Resolved) -> list[_Edge]:
     return edges
 
 
+def _control(p0: tuple[float, float], p1: tuple[float, float], bend: float) -> tuple[float, float]:
+    """The control point of a quadratic Bézier whose middle is `bend` away from the line p0–p1
+    (for bend 0: p1, the direction a straight line leaves p0 in)."""
+    if not bend:
+        return p1
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    length = math.hypot(dx, dy) or 1.0
+    nx, ny = -dy / length, dx / length
+    return (p0[0] + p1[0]) / 2 + 2 * bend * nx, (p0[1] + p1[1]) / 2 + 2 * bend * ny
+
+
 def _curve(p0: tuple[float, float], p1: tuple[float, float], bend: float, steps: int = 24
            ) -> list[tuple[float, float]]:
     if not bend:
         return [p0, p1]
-    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
-    length = math.hypot(dx, dy) or 1.0
-    nx, ny = -dy / length, dx / length
-    # A quadratic Bézier whose middle is `bend` away from the straight line.
-    cx, cy = (p0[0] + p1[0]) / 2 + 2 * bend * nx, (p0[1] + p1[1]) / 2 + 2 * bend * ny
+    cx, cy = _control(p0, p1, bend)
     out = []
     for k in range(steps + 1):
         t = k / steps
@@ -313,8 +331,10 @@ def _spread_distance(box: _Box, edges: list[_Edge], boxes: dict[str, _Box]) -> d
     mine = [e for e in edges if box.name in (e.a, e.b) and e.a != e.b]
     angles = []
     for e in mine:
-        other = boxes[e.b if e.a == box.name else e.a]
-        angles.append((math.atan2(other.y - box.y, other.x - box.x), e.index))
+        # The direction the link leaves in: towards the other node, or a bent link's control point.
+        pa, pb = boxes[e.a], boxes[e.b]
+        tx, ty = _control((pa.x, pa.y), (pb.x, pb.y), e.bend)
+        angles.append((math.atan2(ty - box.y, tx - box.x), e.index))
     for ang, idx in angles:
         need = 0.0
         for other_ang, other_idx in angles:
@@ -372,7 +392,7 @@ def _layout(resolved: Resolved) -> tuple[dict[str, _Box], list[_Edge], list[list
         groups.setdefault(frozenset((e.a, e.b)), []).append(e)
     for group in groups.values():
         if len(group) > 1:
-            depth = max(len(x.mid.lines_above) + len(x.mid.lines_below) for x in group) * LINE + 24
+            depth = max(2, *(len(x.mid.lines_above) + len(x.mid.lines_below) for x in group)) * LINE + 26
             for k, e in enumerate(group):
                 sign = 1 if e.a == min(e.a, e.b) else -1  # bends are measured from the first endpoint
                 e.bend = sign * (k - (len(group) - 1) / 2) * depth
@@ -399,7 +419,7 @@ def _layout(resolved: Resolved) -> tuple[dict[str, _Box], list[_Edge], list[list
             span = sum(col_gaps[min(la, lb):max(la, lb)])
             plain = _shortage(e, path.length, start0, stop0)  # what the labels alone lack
             if plain <= 0 or la == lb:
-                if row_gap < 0.6 * span:
+                if row_gap < 0.4 * span:
                     grow_rows = True  # only the converging links are in the way: open the fan wider
                     continue
             else:

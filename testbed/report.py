@@ -17,7 +17,7 @@ def print_summary(result: Any) -> None:
     table.add_column("measured")
     table.add_column("verdict")
     for c in m.get("checks", []):
-        colour = "green" if c["verdict"] == "pass" else "red"
+        colour = {"pass": "green", "info": "cyan"}.get(c["verdict"], "red")
         measured = c["measured"]
         table.add_row(c["name"], str(c["expected"]), str(measured), f"[{colour}]{c['verdict']}[/{colour}]")
     console.print(table)

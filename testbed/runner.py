@@ -160,7 +160,7 @@ class Runner:
             with signals_raise():
                 checks = self._run(run_dir, state, backend)
             self.manifest["status"] = "complete"
-            exit_code = 0 if all(c.verdict == "pass" for c in checks) else 1
+            exit_code = 1 if any(c.verdict == "fail" for c in checks) else 0
         except (KeyboardInterrupt, Interrupted):
             self.manifest["status"] = "interrupted"
             exit_code = 130

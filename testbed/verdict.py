@@ -21,7 +21,7 @@ class Check:
     name: str
     expected: str
     measured: Any
-    verdict: str  # "pass" | "fail"
+    verdict: str  # "pass" | "fail" | "info" (recorded finding)
     detail: str = ""
 
     def as_dict(self) -> dict:
@@ -156,4 +156,13 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
         ok = left is not None and right is not None and left <= c.factor * right
         checks.append(Check(f"{c.left} <= {c.factor:g} x {c.right}", f"<= {c.factor:g} x {right}", left,
                             "pass" if ok else "fail"))
+    for ref, bound in e.latency_bounds.items():
+        value = metric(m, ref)
+        checks.append(Check(ref, _bound_text(bound, format_duration),
+                            format_duration(value) if value is not None else None,
+                            "pass" if _within(value, bound) else "fail"))
+    for ref in e.report:
+        value = metric(m, ref)
+        checks.append(Check(ref, "recorded", value, "info" if value is not None else "fail",
+                            "a finding, not a pass/fail criterion"))
     return checks

@@ -167,6 +167,10 @@ class Expect(Model):
     latency: LatencyExpect | None = None
     paths: dict[str, PathExpect] = Field(default_factory=dict, description="'node:interface' → bytes carried")
     compare: list[Compare] = Field(default_factory=list)
+    report: list[str] = Field(default_factory=list,
+                              description="metrics ('workload.metric') recorded as findings, never failing")
+    latency_bounds: dict[str, DurationBound] = Field(
+        default_factory=dict, description="'workload.metric' (e.g. rr-tcp.ttfb_p95) → duration bounds")
 
 
 class Experiment(Model):

@@ -132,17 +132,32 @@ def check_references(exp: Experiment, res: Resolved, doc: Document) -> list[Prob
     for ref in exp.expect.paths:
         ref_ok(("expect", "paths", ref), ref)
     names = exp.workload_names()
-    for loc, wname in _workload_refs(exp):
-        if wname is not None and wname not in names:
+    if exp.expect.goodput and exp.expect.goodput.workload not in (None, *names):
+        w = exp.expect.goodput.workload
+        problems.append(doc.problem(("expect", "goodput", "workload"), f"no workload named '{w}'{suggest(w, names)}"))
+    if exp.expect.latency and exp.expect.latency.workload not in (None, *names):
+        w = exp.expect.latency.workload
+        problems.append(doc.problem(("expect", "latency", "workload"), f"no workload named '{w}'{suggest(w, names)}"))
+    for loc, ref in _metric_refs(exp):
+        wname, dot, what = ref.rpartition(".")
+        if not dot:
+            problems.append(doc.problem(loc, f"expected 'workload.metric', got '{ref}'"))
+        elif wname not in names:
             problems.append(doc.problem(loc, f"no workload named '{wname}'{suggest(wname, names)}"))
+        elif what not in METRICS:
+            problems.append(doc.problem(loc, f"unknown metric '{what}'{suggest(what, METRICS)}"))
     return problems
 
 
-def _workload_refs(exp: Experiment):
-    if exp.expect.goodput and exp.expect.goodput.workload:
-        yield ("expect", "goodput", "workload"), exp.expect.goodput.workload
-    if exp.expect.latency and exp.expect.latency.workload:
-        yield ("expect", "latency", "workload"), exp.expect.latency.workload
+def _metric_refs(exp: Experiment):
     for i, c in enumerate(exp.expect.compare):
-        yield ("expect", "compare", i, "left"), c.left.rsplit(".", 1)[0]
-        yield ("expect", "compare", i, "right"), c.right.rsplit(".", 1)[0]
+        yield ("expect", "compare", i, "left"), c.left
+        yield ("expect", "compare", i, "right"), c.right
+    for i, ref in enumerate(exp.expect.report):
+        yield ("expect", "report", i), ref
+    for ref in exp.expect.latency_bounds:
+        yield ("expect", "latency_bounds", ref), ref
+
+
+METRICS = ("goodput", "seconds", "bytes", "loss_percent", "retransmits",
+           *(f"{f}_{p}" for f in ("ttfb", "completion", "rtt") for p in ("min", "p50", "p95", "p99", "max", "mean")))

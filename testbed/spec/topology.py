@@ -32,8 +32,10 @@ class Impairment(Model):
         """This impairment's fields laid over `base`."""
         if base is None:
             return self
-        merged = base.model_dump(exclude_none=True) | self.model_dump(exclude_none=True)
-        return Impairment.model_construct(**{k: merged.get(k) for k in Impairment.model_fields})
+        # Field values directly: model_dump() would serialise the quantities back to text.
+        return Impairment.model_construct(**{
+            k: getattr(self, k) if getattr(self, k) is not None else getattr(base, k)
+            for k in Impairment.model_fields})
 
     @property
     def empty(self) -> bool:
