@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the testbed drives. Idempotent: apt runs only for what is missing.
 set -euo pipefail
-pkgs=(mininet bridge-utils net-tools iproute2 iperf3 mptcpd tcpdump nftables iptables iputils-ping
+pkgs=(mininet bridge-utils net-tools iproute2 iperf3 mptcpize tcpdump nftables iptables iputils-ping
       tayga libnetfilter-queue-dev python3-venv python3-dev gcc procps ethtool)
 missing=()
 for p in "${pkgs[@]}"; do

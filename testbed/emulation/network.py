@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from testbed.emulation.mininet_import import mininet_modules
-from testbed.emulation.nodeexec import run, run_many
+from testbed.emulation.nodeexec import parallel, run, run_many
 from testbed.errors import RunError
 from testbed.spec.resolve import Interface, Resolved
 from testbed.state import RunState
@@ -59,8 +59,8 @@ class Network:
             self.net.addLink(self.nodes[a.node], self.nodes[b.node], intfName1=names[0], intfName2=names[1])
         for name in self.bridges:
             self.nodes[name].start([])
-        for name in self.resolved.l3_nodes():
-            self._configure(name)
+        # Each node has its own shell, so nodes are configured side by side.
+        parallel([lambda n=n: self._configure(n) for n in self.resolved.l3_nodes()])
 
     def _interface_of(self, node: str, link: int) -> Interface:
         return next(i for i in self.resolved.interfaces[node] if i.link == link)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from testbed.errors import RunError
@@ -41,3 +41,14 @@ def run_many(node: Any, commands: Sequence[Sequence[str]]) -> None:
         idx = text.rsplit("__failed=", 1)[1].split()[0] if "__failed=" in text else "?"
         failed = shlex.join(commands[int(idx)]) if idx.isdigit() else "?"
         raise RunError(f"{node.name}: `{failed}` failed: {text.split('__failed=')[0].strip()[:400]}")
+
+
+def parallel(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run independent jobs in threads (one per node shell); the first exception is raised."""
+    if len(jobs) <= 1:
+        return [job() for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [f.result() for f in futures]

@@ -32,9 +32,7 @@ class Document:
         node: Any = self.data
         best = self.positions.get((), (None, None))
         for part in loc:
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
                 node = node[part]
             elif isinstance(node, dict) and part in (node.get("kind"), node.get("type"), node.get("action")):
                 continue  # a discriminated union's tag

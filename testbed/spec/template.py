@@ -142,7 +142,7 @@ class Template:
                 values[name] = param.coerce(raw)
             except ValueError as exc:
                 problems.append(Problem(where.file, where.line, where.col, name, str(exc)))
-        for name, param in self.parameters.items():
+        for name in self.parameters:
             if name not in values and not any(p.path == name for p in problems):
                 problems.append(Problem(self.display, None, None, f"parameters.{name}",
                                         "has no default; give it with --set"))

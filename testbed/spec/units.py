@@ -6,6 +6,7 @@ base unit, so that template arithmetic (`{{ rate * 2 }}`) still parses.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -41,6 +42,8 @@ def _parse(value: Any, units: dict[str, float], what: str, example: str) -> floa
         number, unit, negative = float(m["num"]), m["unit"], bool(m["sign"])
     else:
         raise QuantityError(f"expected a {what} such as {example}, got {value!r}")
+    if not math.isfinite(number):
+        raise QuantityError(f"expected a finite {what}, got {value!r}")
     key = unit if unit in units else unit.lower()
     if key not in units:
         known = ", ".join(u for u in units if u)

@@ -38,7 +38,8 @@ def _python(*args: str) -> list[str]:
 
 def _start(node: Any, argv: list[str], ctx: Context, what: str, wait_for: bytes | None,
            timeout: float = 10.0) -> subprocess.Popen:
-    proc = node.popen(argv, stdout=subprocess.PIPE, stderr=open(ctx.log_dir / f"{what}.stderr", "wb"))
+    with open(ctx.log_dir / f"{what}.stderr", "wb") as log:  # the child keeps its own descriptor
+        proc = node.popen(argv, stdout=subprocess.PIPE, stderr=log)
     ctx.state.add_process(proc.pid, what)
     if wait_for is None:
         return proc

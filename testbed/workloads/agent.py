@@ -1,0 +1,1041 @@
+#!/usr/bin/env python3
+"""Standalone workload agent for the MPTCP testbed (stdlib only; run as ``python -S agent.py MODE ...``).
+
+It is started inside network namespaces, so it never imports the ``testbed`` package and keeps its
+imports small. Every mode prints exactly one JSON object (one line) on stdout when it ends; servers
+first print the line ``ready`` (flushed) once listening, before anything else. Diagnostics never go to
+stdout. Exit status: 1 when ``errors`` is not empty (bulk: any failure or digest mismatch; rr-client:
+any failed request; rr-server: any connection-level failure), else 0; 2 for command-line errors
+(argparse; no JSON then). The rr-server's normal end is SIGTERM/SIGINT or its --timeout (``stopped_by``),
+which is not an error. SIGTERM/SIGINT make the clients and the bulk server stop, record ``terminated by
+SIGTERM`` in ``errors`` and still print their JSON.
+
+Modes
+-----
+bulk-server --bind ADDR --port P [--protocol mptcp|tcp] [--direction upload|download] [--size BYTES]
+            [--seed S] [--timeout SECONDS]
+bulk-client --connect ADDR --port P --size BYTES [--protocol ...] [--direction ...] [--seed S]
+            [--timeout SECONDS] [--connect-retries N]
+rr-server   --bind ADDR --port P [--protocol ...] [--response-size BYTES] [--timeout SECONDS]
+            [--max-threads N]
+rr-client   --connect ADDR --port P --requests N --request-size BYTES --response-size BYTES
+            [--protocol ...] [--interval SECONDS] [--new-connection-per-request] [--timeout SECONDS]
+            [--connect-retries N]
+
+BYTES accepts an integer or a number with a suffix: k/M/G/T (powers of 1000) or Ki/Mi/Gi/Ti (powers
+of 1024), optionally followed by ``B``. ``--timeout`` bounds the whole run (0 = unlimited; default
+300 s). ``--connect-retries`` (default 200) retries connect() every 10 ms on ECONNREFUSED.
+
+Bulk wire protocol
+------------------
+The payload is a deterministic pseudo-random stream: a 1 MiB block ``random.Random(seed).randbytes``,
+emitted over and over, pass ``i`` rotated left by ``(i * 65537) % 1 MiB`` bytes, cut at SIZE bytes.
+upload:   client sends SIZE bytes, shuts down writing; the server hashes (sha256) until EOF, replies
+          with its hex digest and a newline, and closes.
+download: server sends SIZE bytes and shuts down writing; the client hashes until EOF, sends its hex
+          digest and a newline, and closes. The server compares it with the digest of what it sent.
+          The client's ``sha256_remote`` is the digest of the stream the server sends for (seed, size),
+          which is also the server's ``sha256``: client and server must be given the same --seed and
+          --size.
+The bulk server accepts one connection but keeps listening until the transfer ends (MPTCP MP_JOIN
+subflows arrive through the listener).
+
+Request/response wire protocol
+------------------------------
+Request:  4-byte big-endian length L, then L bytes (the client sends L = --request-size).
+Response: 4-byte big-endian length M, then M bytes (the server sends M = its --response-size; the
+          client counts a different M as a failed request). The server answers only after it has read
+          the whole request, and handles any number of requests per connection until EOF.
+
+JSON keys
+---------
+common:      mode, protocol_requested, mptcp_socket (an MPTCP socket was opened), mptcp_socket_error
+             (why socket(..., IPPROTO_MPTCP) failed and plain TCP was used, else null), is_mptcp,
+             is_mptcp_method ("TCP_IS_MPTCP", "MPTCP_INFO", "plain-tcp-socket" or null), mptcp_info
+             (struct mptcp_info as a dict with the ``mptcpi_`` prefix dropped, ``reserved`` left out,
+             ``fallback`` / ``remote_key_received`` decoded from ``flags``, only the fields the
+             kernel returned; null when unavailable), errors (list of distinct strings, at most 50).
+             Addresses (peer, local) are {"host": str, "port": int}; durations are seconds.
+bulk-server: direction, size, seed, bytes, sha256, seconds, peer, local; download adds sha256_peer and
+             intact. ``seconds``: accept() to EOF (upload), accept() to the client's digest (download).
+bulk-client: direction, size, seed, bytes, seconds, goodput_bps, sha256_local, sha256_remote, intact,
+             connect_seconds, connect_attempts, first_byte_seconds, peer, local. ``seconds`` runs from
+             connect() returning to the server's digest (upload) or to EOF (download);
+             goodput_bps = bytes * 8 / seconds; first_byte_seconds (download only) runs from connect()
+             returning to the first payload byte; connect_seconds is the successful connect() call.
+             mptcp_info / is_mptcp are sampled just before close, while the subflows are still up.
+rr-server:   response_size, requests (served), connections, mptcp_connections, bytes_received,
+             bytes_sent (framing included), seconds, stopped_by ("signal" | "timeout" | null).
+             is_mptcp aggregates the connections like the rr-client's (is_mptcp_method
+             "per-connection"); mptcp_info is that of the last connection sampled. Each connection
+             is served by its own thread, at most --max-threads (default 32) at once; further ones
+             wait in the listen backlog.
+rr-client:   requests, request_size, response_size, interval, new_connection_per_request, count
+             (= requests; ok + failed), ok, failed, ttfb_seconds, completion_seconds, connect_seconds
+             (summaries {p50, p95, p99, mean, max, min}, null values when empty), connect_attempts
+             (over all connections, retries included), samples (TTFB of each successful request,
+             in order, rounded to microseconds), connections,
+             mptcp_connections, seconds. TTFB / completion run from the start of the request write
+             to the first / last response byte; with --new-connection-per-request they start before
+             connect(), so they include the handshake. --interval paces request starts on a fixed
+             schedule (start i at t0 + i * interval). Percentiles use the nearest-rank method: the
+             p-th percentile of n sorted values is the value at 1-based rank ceil(p * n / 100).
+             is_mptcp is true when every connection used MPTCP, false when any did not, null when
+             unknown; mptcp_info is that of the last connection.
+
+is_mptcp: false for a plain TCP socket. On an MPTCP socket, getsockopt(SOL_TCP, TCP_IS_MPTCP) (5.16+)
+decides; without it, getsockopt(SOL_MPTCP, MPTCP_INFO) does: data -> not (flags & FALLBACK), zero
+length or an error -> fallen back (when MPTCP_INFO worked on the fresh socket) or null (unknown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable, Iterator
+
+IPPROTO_MPTCP = 262
+SOL_MPTCP = 284
+MPTCP_INFO = 1
+SOL_TCP = 6
+TCP_IS_MPTCP = 43
+MPTCP_INFO_FLAG_FALLBACK = 1
+MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED = 2
+_MPTCP_SOCKET_ERRNOS = (errno.ENOPROTOOPT, errno.EPROTONOSUPPORT, errno.EINVAL)
+
+BLOCK_SIZE = 1 << 20
+ROTATE_STEP = 65537
+RECV_CHUNK = 256 * 1024
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_CONNECT_RETRIES = 200
+CONNECT_RETRY_DELAY = 0.01
+DEFAULT_MAX_THREADS = 32
+STOP_GRACE = 1.0
+MAX_ERRORS = 50
+
+# struct mptcp_info (include/uapi/linux/mptcp.h), natural C alignment, host byte order:
+# (name, offset, struct code, bytes the kernel must return for the field to be real). The kernel copies
+# min(optlen, sizeof its struct); the last column keeps a field that an older, shorter struct only
+# covers with tail padding (e.g. ``retransmits`` vs the 48-byte 5.14 struct) out of the result.
+MPTCP_INFO_FIELDS: tuple[tuple[str, int, str, int], ...] = (
+    ("subflows", 0, "B", 1),  # v5.9 (sizeof 40)
+    ("add_addr_signal", 1, "B", 2),
+    ("add_addr_accepted", 2, "B", 3),
+    ("subflows_max", 3, "B", 4),
+    ("add_addr_signal_max", 4, "B", 5),
+    ("add_addr_accepted_max", 5, "B", 6),
+    ("flags", 8, "I", 12),  # 2 bytes of padding before
+    ("token", 12, "I", 16),
+    ("write_seq", 16, "Q", 24),
+    ("snd_una", 24, "Q", 32),
+    ("rcv_nxt", 32, "Q", 40),
+    ("local_addr_used", 40, "B", 41),  # v5.12 (sizeof 48)
+    ("local_addr_max", 41, "B", 42),
+    ("csum_enabled", 42, "B", 43),  # v5.14 (sizeof 48)
+    ("retransmits", 44, "I", 80),  # v6.5 (sizeof 80), 1 byte of padding before
+    ("bytes_retrans", 48, "Q", 80),
+    ("bytes_sent", 56, "Q", 80),
+    ("bytes_received", 64, "Q", 80),
+    ("bytes_acked", 72, "Q", 80),
+    ("subflows_total", 80, "B", 81),  # v6.8 (sizeof 88)
+    ("last_data_sent", 84, "I", 96),  # v6.10 (sizeof 96), after u8 reserved[3]
+    ("last_data_recv", 88, "I", 96),
+    ("last_ack_recv", 92, "I", 96),
+)
+MPTCP_INFO_SIZE = 96
+
+
+class ProtocolError(Exception):
+    """The peer broke the agent's wire protocol."""
+
+
+class Stop(BaseException):
+    """Raised (once) from the SIGTERM/SIGINT handler in the main thread."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_stop_signum: int | None = None
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    global _stop_signum
+    if _stop_signum is None:
+        _stop_signum = signum
+        raise Stop(signum)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count: ``1000``, ``8M`` (10**6), ``8MiB`` (2**20), ``1.5G``."""
+    s = text.strip().lower()
+    if s.endswith("b"):
+        s = s[:-1]
+    mult = 1
+    for suffix, factor in (("ki", 1 << 10), ("mi", 1 << 20), ("gi", 1 << 30), ("ti", 1 << 40),
+                           ("k", 10**3), ("m", 10**6), ("g", 10**9), ("t", 10**12)):
+        if s.endswith(suffix):
+            s, mult = s[: -len(suffix)], factor
+            break
+    try:
+        value = int(s) * mult if s.isdigit() else int(float(s) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"size must not be negative: {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value >= 0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, Stop):
+        return f"terminated by {_signal_name(exc.signum)}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        return f"{type(exc).__name__}: {name}: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        return f"TimeoutError: {exc or 'timed out'}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def add_error(errors: list[str], message: str) -> None:
+    if message not in errors and len(errors) < MAX_ERRORS:
+        errors.append(message)
+
+
+def digests_match(local: str | None, remote: str | None) -> bool:
+    """True when both digests are present, well-formed sha256 hex strings and equal."""
+    if not local or not remote or len(local) != 64 or len(remote) != 64:
+        return False
+    try:
+        int(local, 16)
+        int(remote, 16)
+    except ValueError:
+        return False
+    return local.lower() == remote.lower()
+
+
+def nearest_rank(sorted_values: list[float], p: int) -> float:
+    """Nearest-rank percentile: value at 1-based rank ceil(p * n / 100) (p in 1..100)."""
+    n = len(sorted_values)
+    rank = max(1, -(-p * n // 100))
+    return sorted_values[min(rank, n) - 1]
+
+
+def summarize(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "mean": None, "max": None, "min": None}
+    s = sorted(values)
+    return {"p50": round(nearest_rank(s, 50), 6), "p95": round(nearest_rank(s, 95), 6),
+            "p99": round(nearest_rank(s, 99), 6), "mean": round(sum(s) / len(s), 6),
+            "max": round(s[-1], 6), "min": round(s[0], 6)}
+
+
+class Deadline:
+    """Overall time bound of a run; ``seconds`` <= 0 or None means unlimited."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = time.monotonic() + seconds if seconds and seconds > 0 else None
+
+    def remaining(self) -> float | None:
+        if self.end is None:
+            return None
+        return max(0.0, self.end - time.monotonic())
+
+    def expired(self) -> bool:
+        return self.end is not None and time.monotonic() >= self.end
+
+    def apply(self, sock: socket.socket) -> None:
+        """Set the socket timeout to the time left; raise TimeoutError when none is left."""
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise TimeoutError("deadline exceeded")
+        sock.settimeout(left)
+
+
+# ------------------------------------------------------------------------------- payload stream
+
+
+def pattern_block(seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(BLOCK_SIZE)
+
+
+def iter_stream(seed: int, size: int, block: bytes | None = None) -> Iterator[memoryview]:
+    """The deterministic payload as zero-copy chunks of at most 1 MiB (see the module docstring)."""
+    doubled = memoryview((block or pattern_block(seed)) * 2)
+    left, i = size, 0
+    while left > 0:
+        offset = (i * ROTATE_STEP) % BLOCK_SIZE
+        n = min(BLOCK_SIZE, left)
+        yield doubled[offset:offset + n]
+        left -= n
+        i += 1
+
+
+def stream_digest(seed: int, size: int, block: bytes | None = None) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for chunk in iter_stream(seed, size, block):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def pattern_bytes(n: int) -> bytes:
+    """``n`` filler bytes for request/response payloads."""
+    if n <= 0:
+        return b""
+    block = pattern_block(0)
+    return (block * (n // BLOCK_SIZE + 1))[:n] if n > BLOCK_SIZE else block[:n]
+
+
+# ---------------------------------------------------------------------------------------- MPTCP
+
+
+def open_socket(family: int, protocol: str) -> tuple[socket.socket, dict[str, object]]:
+    """A stream socket; for ``mptcp`` an IPPROTO_MPTCP one, or plain TCP if the kernel refuses it."""
+    meta: dict[str, object] = {"mptcp_socket": False, "mptcp_socket_error": None, "info_probe": False}
+    if protocol == "mptcp":
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
+        except OSError as exc:
+            if exc.errno not in _MPTCP_SOCKET_ERRNOS:
+                raise
+            meta["mptcp_socket_error"] = describe_error(exc)
+        else:
+            meta["mptcp_socket"] = True
+            # Does MPTCP_INFO work at all here? (consulted only when TCP_IS_MPTCP is missing.)
+            with contextlib.suppress(OSError):
+                meta["info_probe"] = len(sock.getsockopt(SOL_MPTCP, MPTCP_INFO, MPTCP_INFO_SIZE)) > 0
+            return sock, meta
+    return socket.socket(family, socket.SOCK_STREAM), meta
+
+
+def parse_mptcp_info(raw: bytes) -> dict[str, int | bool]:
+    """Decode the fields of ``struct mptcp_info`` wholly contained in ``raw`` (host byte order)."""
+    info: dict[str, int | bool] = {}
+    for name, offset, code, needed in MPTCP_INFO_FIELDS:
+        if needed > len(raw) or offset + struct.calcsize(code) > len(raw):
+            break
+        info[name] = struct.unpack_from("=" + code, raw, offset)[0]
+    if "flags" in info:
+        flags = int(info["flags"])
+        info["fallback"] = bool(flags & MPTCP_INFO_FLAG_FALLBACK)
+        info["remote_key_received"] = bool(flags & MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED)
+    return info
+
+
+def mptcp_state(sock: socket.socket, meta: dict[str, object]
+                ) -> tuple[bool | None, str | None, dict[str, int | bool] | None]:
+    """(is_mptcp, method, mptcp_info) of a connected socket."""
+    if not meta.get("mptcp_socket"):
+        return False, "plain-tcp-socket", None
+    raw: bytes | None
+    try:
+        raw = sock.getsockopt(SOL_MPTCP, MPTCP_INFO, MPTCP_INFO_SIZE)
+    except OSError:
+        raw = None
+    info = parse_mptcp_info(raw) if raw else None
+    with contextlib.suppress(OSError):
+        return bool(sock.getsockopt(SOL_TCP, TCP_IS_MPTCP)), "TCP_IS_MPTCP", info
+    if info is not None and "flags" in info:
+        return not info["fallback"], "MPTCP_INFO", info
+    if raw is not None and not raw:
+        return False, "MPTCP_INFO", None
+    if raw is None and meta.get("info_probe"):
+        return False, "MPTCP_INFO", None
+    return None, None, info
+
+
+# ------------------------------------------------------------------------------------ sockets io
+
+
+def resolve(host: str, port: int, passive: bool = False) -> tuple[int, tuple]:
+    flags = socket.AI_PASSIVE if passive else 0
+    infos = socket.getaddrinfo(host or None, port, 0, socket.SOCK_STREAM, 0, flags)
+    if not infos:
+        raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r}")
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def format_addr(sockaddr: object) -> dict[str, object] | None:
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        return {"host": sockaddr[0], "port": sockaddr[1]}
+    return None
+
+
+def listen_socket(host: str, port: int, protocol: str, backlog: int
+                  ) -> tuple[socket.socket, dict[str, object]]:
+    family, sockaddr = resolve(host, port, passive=True)
+    sock, meta = open_socket(family, protocol)
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, meta
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def connect(host: str, port: int, protocol: str, retries: int, deadline: Deadline,
+            result: dict[str, object]) -> tuple[socket.socket, dict[str, object], float]:
+    """Connect, retrying every 10 ms on ECONNREFUSED; returns (sock, meta, connect_seconds).
+
+    Every attempt adds one to ``result["connect_attempts"]`` and records the socket kind in ``result``.
+    """
+    family, sockaddr = resolve(host, port)
+    attempts = 0
+    while True:
+        attempts += 1
+        sock, meta = open_socket(family, protocol)
+        previous = result.get("connect_attempts")
+        result["connect_attempts"] = (previous if isinstance(previous, int) else 0) + 1
+        _meta_into(result, meta)
+        try:
+            deadline.apply(sock)
+            start = time.monotonic()
+            sock.connect(sockaddr)
+            return sock, meta, time.monotonic() - start
+        except ConnectionRefusedError:
+            sock.close()
+            left = deadline.remaining()
+            if attempts > retries or (left is not None and left <= CONNECT_RETRY_DELAY):
+                raise
+            time.sleep(CONNECT_RETRY_DELAY)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def close_quietly(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+class Progress:
+    """Payload bytes moved so far (still meaningful when a transfer fails half-way)."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+def send_stream(sock: socket.socket, seed: int, size: int, deadline: Deadline, progress: Progress) -> None:
+    for chunk in iter_stream(seed, size):
+        deadline.apply(sock)
+        sock.sendall(chunk)
+        progress.bytes += len(chunk)
+
+
+def recv_hash_until_eof(sock: socket.socket, update: Callable[[memoryview], object], deadline: Deadline,
+                        progress: Progress) -> float | None:
+    """Feed everything up to EOF into ``update``; returns the monotonic time of the first byte."""
+    buf = bytearray(RECV_CHUNK)
+    view = memoryview(buf)
+    first = None
+    while True:
+        deadline.apply(sock)
+        n = sock.recv_into(buf)
+        if not n:
+            return first
+        if first is None:
+            first = time.monotonic()
+        update(view[:n])
+        progress.bytes += n
+
+
+def recv_line(sock: socket.socket, deadline: Deadline, limit: int = 256) -> str:
+    """Read up to a newline or EOF (at most ``limit`` bytes); returns the stripped ASCII text."""
+    data = b""
+    while b"\n" not in data:
+        deadline.apply(sock)
+        chunk = sock.recv(limit)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            raise ProtocolError(f"line longer than {limit} bytes")
+    return data.split(b"\n", 1)[0].strip().decode("ascii", errors="replace")
+
+
+def recv_exact(sock: socket.socket, n: int, deadline: Deadline) -> bytes | None:
+    """Exactly ``n`` bytes; None on EOF before the first byte; ProtocolError on EOF in between."""
+    data = b""
+    while len(data) < n:
+        deadline.apply(sock)
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            if not data:
+                return None
+            raise ProtocolError(f"connection closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def discard_exact(sock: socket.socket, n: int, deadline: Deadline, buf: bytearray) -> None:
+    view = memoryview(buf)
+    while n > 0:
+        deadline.apply(sock)
+        got = sock.recv_into(view[:min(n, len(buf))])
+        if not got:
+            raise ProtocolError(f"connection closed with {n} bytes still expected")
+        n -= got
+
+
+def _sample(result: dict[str, object], sock: socket.socket, meta: dict[str, object]) -> None:
+    is_mptcp, method, info = mptcp_state(sock, meta)
+    result.update(is_mptcp=is_mptcp, is_mptcp_method=method, mptcp_info=info)
+
+
+def _common(mode: str, protocol: str) -> dict[str, object]:
+    return {"mode": mode, "protocol_requested": protocol, "mptcp_socket": None, "mptcp_socket_error": None,
+            "is_mptcp": None, "is_mptcp_method": None, "mptcp_info": None}
+
+
+def _meta_into(result: dict[str, object], meta: dict[str, object]) -> None:
+    result["mptcp_socket"] = meta["mptcp_socket"]
+    result["mptcp_socket_error"] = meta["mptcp_socket_error"]
+
+
+def emit(obj: object) -> None:
+    import json
+
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.write(json.dumps(obj, separators=(", ", ": ")) + "\n")
+        sys.stdout.flush()
+
+
+def say_ready() -> None:
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------ bulk
+
+
+def run_bulk_server(args: argparse.Namespace) -> dict[str, object]:
+    errors: list[str] = []
+    result = _common("bulk-server", args.protocol)
+    result.update(direction=args.direction, size=args.size, seed=args.seed, bytes=0, sha256=None,
+                  seconds=None, peer=None, local=None, errors=errors)
+    download = args.direction == "download"
+    if download:
+        result.update(sha256_peer=None, intact=False)
+    deadline = Deadline(args.timeout)
+    lsock: socket.socket | None = None
+    conn: socket.socket | None = None
+    meta: dict[str, object] = {}
+    progress = Progress()
+    try:
+        expected = None
+        if download:
+            # Hash the stream before listening: neither the transfer nor its end waits on it.
+            expected = stream_digest(args.seed, args.size)
+            result["sha256"] = expected
+        lsock, meta = listen_socket(args.bind, args.port, args.protocol, backlog=1)
+        _meta_into(result, meta)
+        say_ready()
+        deadline.apply(lsock)
+        conn, peer = lsock.accept()
+        start = time.monotonic()
+        # The listener stays open until the transfer ends: upstream MPTCP accepts MP_JOIN
+        # subflows through it, so closing it here would reset every join.
+        result["peer"] = format_addr(peer)
+        result["local"] = format_addr(conn.getsockname())
+        if not download:
+            import hashlib
+
+            h = hashlib.sha256()
+            recv_hash_until_eof(conn, h.update, deadline, progress)
+            result["seconds"] = round(time.monotonic() - start, 6)
+            result["sha256"] = digest = h.hexdigest()
+            deadline.apply(conn)
+            conn.sendall(digest.encode() + b"\n")
+        else:
+            send_stream(conn, args.seed, args.size, deadline, progress)
+            conn.shutdown(socket.SHUT_WR)
+            peer_digest = recv_line(conn, deadline)
+            result["seconds"] = round(time.monotonic() - start, 6)
+            result["sha256_peer"] = peer_digest or None
+            result["intact"] = digests_match(expected, peer_digest)
+            if not result["intact"]:
+                add_error(errors, "digest mismatch: the client received different data"
+                          if peer_digest else "the client sent no digest")
+        _sample(result, conn, meta)  # just before close
+    except (Exception, Stop) as exc:
+        add_error(errors, describe_error(exc))
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                _sample(result, conn, meta)
+    finally:
+        close_quietly(conn)
+        close_quietly(lsock)
+        result["bytes"] = progress.bytes
+    return result
+
+
+def run_bulk_client(args: argparse.Namespace) -> dict[str, object]:
+    errors: list[str] = []
+    result = _common("bulk-client", args.protocol)
+    result.update(direction=args.direction, size=args.size, seed=args.seed, bytes=0, seconds=None,
+                  goodput_bps=None, sha256_local=None, sha256_remote=None, intact=False,
+                  connect_seconds=None, connect_attempts=0, first_byte_seconds=None, peer=None, local=None,
+                  errors=errors)
+    upload = args.direction == "upload"
+    deadline = Deadline(args.timeout)
+    sock: socket.socket | None = None
+    meta: dict[str, object] = {}
+    progress = Progress()
+    local: str | None = None
+    remote: str | None = None
+    completed = False
+    try:
+        sock, meta, connect_seconds = connect(args.connect, args.port, args.protocol,
+                                              args.connect_retries, deadline, result)
+        start = time.monotonic()
+        result.update(connect_seconds=round(connect_seconds, 6),
+                      peer=format_addr(sock.getpeername()), local=format_addr(sock.getsockname()))
+        if upload:
+            send_stream(sock, args.seed, args.size, deadline, progress)
+            sock.shutdown(socket.SHUT_WR)
+            remote = recv_line(sock, deadline) or None
+            elapsed = time.monotonic() - start
+        else:
+            import hashlib
+
+            h = hashlib.sha256()
+            first = recv_hash_until_eof(sock, h.update, deadline, progress)
+            elapsed = time.monotonic() - start
+            if first is not None:
+                result["first_byte_seconds"] = round(first - start, 6)
+            local = h.hexdigest()
+            deadline.apply(sock)
+            sock.sendall(local.encode() + b"\n")
+        completed = True
+        result.update(seconds=round(elapsed, 6),
+                      goodput_bps=round(progress.bytes * 8 / elapsed, 3) if elapsed > 0 else None)
+        _sample(result, sock, meta)  # just before close, while the subflows are still up
+        close_quietly(sock)
+        sock = None
+        # The digest of the deterministic stream, computed outside the timed transfer.
+        if upload:
+            local = stream_digest(args.seed, args.size)
+        else:
+            remote = stream_digest(args.seed, args.size)
+    except (Exception, Stop) as exc:
+        add_error(errors, describe_error(exc))
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                _sample(result, sock, meta)
+    finally:
+        close_quietly(sock)
+    nbytes = result["bytes"] = progress.bytes
+    intact = completed and nbytes == args.size and digests_match(local, remote)
+    result.update(sha256_local=local, sha256_remote=remote, intact=intact)
+    if completed and not intact:
+        if nbytes != args.size:
+            add_error(errors, f"transferred {nbytes} bytes, expected {args.size}")
+        add_error(errors, "digest mismatch: data corrupted in transit (or --seed/--size differ)"
+                  if remote else "no digest from the server")
+    return result
+
+
+# ------------------------------------------------------------------------------ request/response
+
+
+class RRServerStats:
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.in_flight = 0  # requests read whose response is being sent
+        self.connections = 0
+        self.is_mptcp: list[bool | None] = []  # per connection, in accept order
+        self.mptcp_info: dict[str, int | bool] | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.errors: list[str] = []
+
+
+def _rr_serve_connection(conn: socket.socket, meta: dict[str, object], response: bytes,
+                         stats: RRServerStats, deadline: Deadline, slots: threading.BoundedSemaphore) -> None:
+    scratch = bytearray(RECV_CHUNK)
+    with stats.lock:
+        slot = len(stats.is_mptcp)
+        stats.is_mptcp.append(None)
+
+    def sample() -> None:
+        try:
+            is_mptcp, _, info = mptcp_state(conn, meta)
+        except Exception:
+            return
+        with stats.lock:
+            if is_mptcp is not None:
+                stats.is_mptcp[slot] = is_mptcp
+            if info is not None:
+                stats.mptcp_info = info
+
+    try:
+        sample()  # before the first request; again before close
+        set_nodelay(conn)
+        while True:
+            header = recv_exact(conn, 4, deadline)
+            if header is None:
+                break
+            (length,) = struct.unpack("!I", header)
+            discard_exact(conn, length, deadline, scratch)
+            with stats.lock:
+                stats.in_flight += 1
+            try:
+                deadline.apply(conn)
+                conn.sendall(response)
+            except BaseException:
+                with stats.lock:
+                    stats.in_flight -= 1
+                raise
+            with stats.lock:
+                stats.in_flight -= 1
+                stats.requests += 1
+                stats.bytes_received += 4 + length
+                stats.bytes_sent += len(response)
+    except Exception as exc:
+        with stats.lock:
+            add_error(stats.errors, describe_error(exc))
+    finally:
+        sample()
+        close_quietly(conn)
+        slots.release()
+
+
+def aggregate_is_mptcp(values: list[bool | None]) -> bool | None:
+    if not values:
+        return None
+    if any(v is False for v in values):
+        return False
+    if any(v is None for v in values):
+        return None
+    return True
+
+
+def run_rr_server(args: argparse.Namespace) -> dict[str, object]:
+    import threading
+
+    stats = RRServerStats()
+    errors = stats.errors
+    result = _common("rr-server", args.protocol)
+    result.update(response_size=args.response_size, requests=0, connections=0, mptcp_connections=0,
+                  bytes_received=0, bytes_sent=0, seconds=None, stopped_by=None, errors=errors)
+    deadline = Deadline(args.timeout)
+    response = struct.pack("!I", args.response_size) + pattern_bytes(args.response_size)
+    slots = threading.BoundedSemaphore(args.max_threads)
+    lsock = None
+    start = time.monotonic()
+    try:
+        lsock, meta = listen_socket(args.bind, args.port, args.protocol, backlog=128)
+        _meta_into(result, meta)
+        say_ready()
+        start = time.monotonic()
+        while True:
+            left = deadline.remaining()
+            if left is not None and left <= 0:
+                result["stopped_by"] = "timeout"
+                break
+            if not slots.acquire(timeout=0.5 if left is None else min(left, 0.5)):
+                continue
+            try:
+                deadline.apply(lsock)
+                conn, _ = lsock.accept()
+            except TimeoutError:
+                slots.release()
+                result["stopped_by"] = "timeout"
+                break
+            except BaseException:
+                slots.release()
+                raise
+            with stats.lock:
+                stats.connections += 1
+            threading.Thread(target=_rr_serve_connection, daemon=True,
+                             args=(conn, meta, response, stats, deadline, slots)).start()
+    except Stop:
+        result["stopped_by"] = "signal"
+    except Exception as exc:
+        with stats.lock:
+            add_error(errors, describe_error(exc))
+    finally:
+        close_quietly(lsock)
+    # Let responses already being sent finish (briefly), so that they are counted.
+    grace = time.monotonic() + STOP_GRACE
+    while time.monotonic() < grace:
+        with stats.lock:
+            if not stats.in_flight:
+                break
+        time.sleep(0.002)
+    with stats.lock:
+        result.update(requests=stats.requests, connections=stats.connections,
+                      mptcp_connections=sum(1 for v in stats.is_mptcp if v), bytes_received=stats.bytes_received,
+                      bytes_sent=stats.bytes_sent, is_mptcp=aggregate_is_mptcp(stats.is_mptcp),
+                      mptcp_info=stats.mptcp_info, seconds=round(time.monotonic() - start, 6),
+                      errors=list(errors))
+        if stats.is_mptcp:
+            result["is_mptcp_method"] = "per-connection"
+    return result
+
+
+def run_rr_client(args: argparse.Namespace) -> dict[str, object]:
+    errors: list[str] = []
+    result = _common("rr-client", args.protocol)
+    n = args.requests
+    result.update(requests=n, request_size=args.request_size, response_size=args.response_size,
+                  interval=args.interval, new_connection_per_request=args.new_connection_per_request,
+                  count=n, ok=0, failed=0, ttfb_seconds=summarize([]), completion_seconds=summarize([]),
+                  connect_seconds=summarize([]), connect_attempts=0, samples=[], connections=0,
+                  mptcp_connections=0,
+                  seconds=None, errors=errors)
+    deadline = Deadline(args.timeout)
+    request = struct.pack("!I", args.request_size) + pattern_bytes(args.request_size)
+    scratch = bytearray(RECV_CHUNK)
+    ttfb: list[float] = []
+    completion: list[float] = []
+    connects: list[float] = []
+    states: list[bool | None] = []
+    ok = failed = 0
+    sock: socket.socket | None = None
+    meta: dict[str, object] = {}
+
+    def finish_connection() -> None:
+        nonlocal sock
+        if sock is None:
+            return
+        try:
+            is_mptcp, method, info = mptcp_state(sock, meta)
+            states.append(is_mptcp)
+            result["is_mptcp_method"] = method
+            result["mptcp_info"] = info
+        finally:
+            close_quietly(sock)
+            sock = None
+
+    t0 = time.monotonic()
+    try:
+        for i in range(n):
+            if args.interval > 0:
+                delay = t0 + i * args.interval - time.monotonic()
+                left = deadline.remaining()
+                if left is not None:
+                    delay = min(delay, left)
+                if delay > 0:
+                    time.sleep(delay)
+            if deadline.expired():
+                add_error(errors, f"deadline reached: {n - i} requests not attempted")
+                failed += n - i
+                break
+            try:
+                start = time.monotonic()
+                if sock is None:
+                    sock, meta, connect_seconds = connect(args.connect, args.port, args.protocol,
+                                                          args.connect_retries, deadline, result)
+                    connects.append(connect_seconds)
+                    set_nodelay(sock)
+                    if not args.new_connection_per_request:
+                        start = time.monotonic()  # a persistent connection's setup is not in the timings
+                deadline.apply(sock)
+                sock.sendall(request)
+                got = b""
+                first = None
+                while len(got) < 4:
+                    deadline.apply(sock)
+                    chunk = sock.recv(RECV_CHUNK)
+                    if not chunk:
+                        raise ProtocolError("connection closed before the response")
+                    if first is None:
+                        first = time.monotonic()
+                    got += chunk
+                (length,) = struct.unpack("!I", got[:4])
+                rest = 4 + length - len(got)
+                if rest < 0:
+                    raise ProtocolError("more response bytes than framed")
+                discard_exact(sock, rest, deadline, scratch)
+                end = time.monotonic()
+                if length != args.response_size:
+                    raise ProtocolError(f"response of {length} bytes, expected {args.response_size}")
+                assert first is not None
+                ttfb.append(first - start)
+                completion.append(end - start)
+                ok += 1
+            except Exception as exc:
+                failed += 1
+                add_error(errors, describe_error(exc))
+                if sock is not None:
+                    finish_connection()
+                continue
+            if args.new_connection_per_request:
+                finish_connection()
+    except Stop as exc:
+        add_error(errors, describe_error(exc))
+        failed += n - ok - failed
+    finally:
+        try:
+            finish_connection()
+        except Exception as exc:
+            add_error(errors, describe_error(exc))
+    result.update(ok=ok, failed=failed, ttfb_seconds=summarize(ttfb), completion_seconds=summarize(completion),
+                  connect_seconds=summarize(connects), samples=[round(v, 6) for v in ttfb],
+                  connections=len(connects), mptcp_connections=sum(1 for s in states if s),
+                  is_mptcp=aggregate_is_mptcp(states), seconds=round(time.monotonic() - t0, 6))
+    return result
+
+
+# ------------------------------------------------------------------------------------------- cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agent.py", description="MPTCP testbed workload agent "
+                                     "(prints one JSON object on stdout; servers print 'ready' first)")
+    sub = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+
+    def common(p: argparse.ArgumentParser, server: bool) -> None:
+        if server:
+            p.add_argument("--bind", required=True, metavar="ADDR", help="address to listen on")
+        else:
+            p.add_argument("--connect", required=True, metavar="ADDR", help="server address")
+        p.add_argument("--port", required=True, type=int, metavar="P")
+        p.add_argument("--protocol", choices=("mptcp", "tcp"), default="mptcp",
+                       help="mptcp opens IPPROTO_MPTCP sockets, falling back to TCP if refused (default)")
+        p.add_argument("--timeout", type=_non_negative_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"bound on the whole run, 0 = none (default {DEFAULT_TIMEOUT:g})")
+        if not server:
+            p.add_argument("--connect-retries", type=_non_negative_int, default=DEFAULT_CONNECT_RETRIES,
+                           metavar="N", help="retries on ECONNREFUSED, every 10 ms "
+                           f"(default {DEFAULT_CONNECT_RETRIES})")
+
+    def bulk(p: argparse.ArgumentParser, server: bool) -> None:
+        common(p, server)
+        p.add_argument("--direction", choices=("upload", "download"), default="upload",
+                       help="upload: client -> server (default); download: server -> client")
+        p.add_argument("--size", type=parse_size, required=not server, default=None, metavar="BYTES",
+                       help="payload bytes" + (" (required for download)" if server else ""))
+        p.add_argument("--seed", type=int, default=0, metavar="S", help="payload seed (default 0)")
+
+    bulk(sub.add_parser("bulk-server", help="accept one bulk transfer"), True)
+    bulk(sub.add_parser("bulk-client", help="run one bulk transfer"), False)
+
+    p = sub.add_parser("rr-server", help="serve request/response exchanges until SIGTERM or timeout")
+    common(p, True)
+    p.add_argument("--response-size", type=parse_size, default=1000, metavar="BYTES",
+                   help="response payload bytes (default 1000)")
+    p.add_argument("--max-threads", type=_positive_int, default=DEFAULT_MAX_THREADS, metavar="N",
+                   help=f"connections served at once (default {DEFAULT_MAX_THREADS})")
+
+    p = sub.add_parser("rr-client", help="run request/response exchanges")
+    common(p, False)
+    p.add_argument("--requests", type=_positive_int, required=True, metavar="N")
+    p.add_argument("--request-size", type=parse_size, required=True, metavar="BYTES")
+    p.add_argument("--response-size", type=parse_size, required=True, metavar="BYTES")
+    p.add_argument("--interval", type=_non_negative_float, default=0.0, metavar="SECONDS",
+                   help="spacing of request starts (default 0: back to back)")
+    p.add_argument("--new-connection-per-request", action="store_true",
+                   help="open a new connection for every request (timings include the handshake)")
+    return parser
+
+
+MODES = {"bulk-server": run_bulk_server, "bulk-client": run_bulk_client, "rr-server": run_rr_server,
+         "rr-client": run_rr_client}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.mode == "bulk-server" and args.size is None:
+        if args.direction == "download":
+            parser.error("bulk-server --direction download needs --size")
+        args.size = 0
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _on_signal)
+    result: dict[str, object] | None = None
+    try:
+        try:
+            result = MODES[args.mode](args)
+        except (Exception, Stop) as exc:  # a bug, or a signal outside the modes' own handling
+            result = _common(args.mode, args.protocol)
+            result["errors"] = [describe_error(exc)]
+    except Stop as exc:  # a signal right after the mode returned
+        if result is None:
+            result = _common(args.mode, args.protocol)
+            result["errors"] = [describe_error(exc)]
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    assert result is not None
+    emit(result)
+    return 1 if result.get("errors") else 0
+
+
+if __name__ == "__main__":
+    code = main()
+    os._exit(code)  # stdout is flushed; do not wait for rr-server connection threads blocked in recv()
