@@ -23,4 +23,5 @@ def print_summary(result: Any) -> None:
     console.print(table)
     if m.get("error"):
         console.print(f"[red]error:[/red] {m['error']}")
-    console.print(f"archive: {result.run_dir}")
+    # Plain print: rich would wrap a long path, and scripts read this line.
+    print(f"archive: {result.run_dir}", flush=True)

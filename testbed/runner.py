@@ -68,36 +68,45 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-@contextlib.contextmanager
-def signals_raise():
-    """SIGTERM raises Interrupted; SIGINT raises KeyboardInterrupt (Python's default)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class SignalGuard:
+    """SIGINT/SIGTERM handling for one run.
 
-    def on_term(signum, frame):
-        raise Interrupted()
+    Installed before anything is created. While disarmed (creating the archive, tearing down) a
+    signal is only remembered, so a run is never left half-built or half-removed; once armed, a
+    remembered or new signal raises in the main thread (KeyboardInterrupt / Interrupted)."""
 
-    old_term = signal.signal(signal.SIGTERM, on_term)
-    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        signal.signal(signal.SIGINT, old_int)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.armed = False
+        self.active = threading.current_thread() is threading.main_thread()
+        self._old: dict[int, Any] = {}
 
-@contextlib.contextmanager
-def signals_deferred():
-    """During teardown a second Ctrl-C must not leave half the network behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
+    def _raise(self, signum: int) -> None:
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted()
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.armed:
+            self.armed = False  # one interruption; teardown is not to be interrupted again
+            self._raise(signum)
+        self.pending = self.pending or signum
+
+    def install(self) -> None:
+        if self.active:
+            self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+
+    def arm(self) -> None:
+        self.armed = True
+        if self.pending is not None:
+            self.armed = False
+            self._raise(self.pending)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
             signal.signal(s, h)
 
 
@@ -146,11 +155,18 @@ class Runner:
         return features, backend if needs_shaping else backend
 
     def run(self) -> RunResult:
+        guard = SignalGuard()
+        guard.install()
+        try:
+            return self._guarded_run(guard)
+        finally:
+            guard.restore()
+
+    def _guarded_run(self, guard: SignalGuard) -> RunResult:
         self._last_mark = time.monotonic()
         features, backend = self.preflight()
         run_dir = RunDir(self.results, self.exp.name)
         state = RunState(f"{run_dir.name}")
-        state.save()
         self.manifest = {
             "schema_version": SCHEMA_VERSION, "testbed_version": testbed.__version__, "git_sha": _git_sha(),
             "name": self.exp.name, "run_id": run_dir.name,
@@ -163,28 +179,32 @@ class Runner:
                        "set": self.cli_set},
             "status": "error",
         }
-        run_dir.write_text("inputs/experiment.yaml", self.loaded.rendered)
-        run_dir.write_text("inputs/topology.yaml", self.loaded.topo.rendered)
         checks: list = []
         exit_code = 1
         try:
-            with signals_raise():
-                checks = self._run(run_dir, state, backend)
+            state.save()
+            run_dir.write_text("inputs/experiment.yaml", self.loaded.rendered)
+            run_dir.write_text("inputs/topology.yaml", self.loaded.topo.rendered)
+            guard.arm()
+            checks = self._run(run_dir, state, backend)
+            guard.disarm()
             self.manifest["status"] = "complete"
             exit_code = 1 if any(c.verdict == "fail" for c in checks) else 0
         except (KeyboardInterrupt, Interrupted):
+            guard.disarm()
             self.manifest["status"] = "interrupted"
             exit_code = 130
         except (RunError, RuntimeError, OSError) as exc:
+            guard.disarm()
             self.manifest["status"] = "error"
             self.manifest["error"] = str(exc)
             exit_code = 1
         finally:
-            with signals_deferred():
-                self._teardown(state)
-                self._mark("teardown")
-                self.manifest["finished"] = _now()
-                final = run_dir.finalize(self.manifest)
+            guard.disarm()
+            self._teardown(state)
+            self._mark("teardown")
+            self.manifest["finished"] = _now()
+            final = run_dir.finalize(self.manifest)
         return RunResult(final, self.manifest, exit_code, checks)
 
     # -- the run itself ---------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""Runs interrupted at random moments tear everything down and leave an archive that says so."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed.state import STATE_DIR
+from tests.conftest import ROOT, requires_root, run_cli
+
+pytestmark = [requires_root, pytest.mark.usefixtures("no_leaks")]
+EXPERIMENT = ROOT / "experiments" / "link-failure-handover.yaml"
+
+
+def start_run(results: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "testbed", "run", str(EXPERIMENT), "--results", str(results)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def wait_until_building(proc: subprocess.Popen, results: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.name.endswith(".partial") for p in results.glob(".*")) or proc.poll() is not None:
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("sig,delay", [(s, d) for s in (signal.SIGINT, signal.SIGTERM)
+                                       for d in random.Random(2).sample([0.0, 0.05, 0.15, 0.3, 0.6, 1.0, 2.0], 4)])
+def test_signal_tears_down_and_archives_interrupted(tmp_path, sig, delay):
+    results = tmp_path / "res"
+    results.mkdir()
+    proc = start_run(results)
+    wait_until_building(proc, results)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    runs = [p for p in results.iterdir() if not p.name.startswith(".")]
+    assert not [p for p in results.iterdir() if p.name.endswith(".partial")], "half-written archive left"
+    assert len(runs) == 1, (out, err)
+    m = json.loads((runs[0] / "manifest.json").read_text())
+    if proc.returncode == 130:
+        assert m["status"] == "interrupted"
+    else:  # the signal came before the run started or after it ended
+        assert proc.returncode in (0, 1) and m["status"] in ("complete", "error"), (proc.returncode, err)
+    assert "Traceback" not in err
+    assert not list(STATE_DIR.glob(f"{runs[0].name}.json"))
+
+
+def test_sigkill_then_clean_removes_exactly_ours(tmp_path):
+    results = tmp_path / "res"
+    results.mkdir()
+    proc = start_run(results)
+    wait_until_building(proc, results)
+    time.sleep(1.0)  # mid-transfer: namespaces, delay lines, tcpdumps and agents are all up
+    proc.kill()
+    proc.wait(timeout=10)
+    states = list(STATE_DIR.glob("*.json"))
+    assert states, "a killed run must leave a state file for 'testbed clean'"
+    r = run_cli("clean", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "removed" in r.stdout
+    assert not [s for s in states if s.exists()]
