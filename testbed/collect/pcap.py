@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import select
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from testbed.emulation.nodeexec import wait_for_output
 
 SNAPLEN = "160"  # enough for IP + TCP with every MPTCP option
 
@@ -31,16 +32,9 @@ class Captures:
             self.procs.append((ref, proc, path))
         deadline = time.monotonic() + timeout
         for ref, proc, _ in self.procs:
-            line = b""
-            while b"listening on" not in line:
-                left = deadline - time.monotonic()
-                ready, _, _ = select.select([proc.stderr], [], [], max(left, 0))
-                if not ready:
-                    raise RuntimeError(f"tcpdump on {ref} did not start within {timeout}s")
-                chunk = proc.stderr.readline()
-                if not chunk:
-                    raise RuntimeError(f"tcpdump on {ref} exited: {line.decode(errors='replace')}")
-                line += chunk
+            found, seen = wait_for_output(proc.stderr, b"listening on", max(0.0, deadline - time.monotonic()))
+            if not found:
+                raise RuntimeError(f"tcpdump on {ref} did not start: {seen.decode(errors='replace').strip()}")
 
     def stop(self) -> dict[str, dict]:
         results: dict[str, dict] = {}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -142,6 +143,7 @@ class DelayLine:
         self.cond = threading.Condition()
         self.last_due = 0.0
         self.stopping = False
+        self.releasing = 0  # packets taken off `held` by the release thread, verdict not yet given
         self.dropped = 0  # main thread only
         self.passed = 0  # main thread only: accepted without waiting
         self.released = 0  # release thread only
@@ -163,7 +165,7 @@ class DelayLine:
         due = max(now + self.sample_delay(s), self.last_due)
         self.last_due = due
         with self.cond:
-            if self.stopping or (due <= now and not self.held):
+            if self.stopping or (due <= now and not self.held and not self.releasing):
                 pkt.accept()
                 self.passed += 1
                 return
@@ -186,13 +188,17 @@ class DelayLine:
                 if not batch:
                     self.cond.wait(self.held[0][0] - now)
                     continue
-            for pkt in batch:
-                try:
+                self.releasing = len(batch)
+            try:
+                for pkt in batch:
                     pkt.accept()
                     self.released += 1
-                except RuntimeError as exc:  # queue already unbound
-                    log(f"could not release a packet: {exc}")
-                    return
+            except RuntimeError as exc:  # queue already unbound
+                log(f"could not release a packet: {exc}")
+                return
+            finally:
+                with self.cond:
+                    self.releasing = 0
 
     def stop(self) -> None:
         with self.cond:
@@ -229,10 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def wake(event: str) -> None:
         events.append(event)
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.write(wake_w, b"x")
-        except BlockingIOError:
-            pass
 
     def reply(text: str) -> None:
         with out_lock:
@@ -257,17 +261,22 @@ def main(argv: list[str] | None = None) -> int:
     releaser.start()
 
     def read_stdin() -> None:
-        for text in sys.stdin:
-            if not text.strip():
-                continue
-            try:
-                line.settings = parse_settings(text, line.settings)
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError
-                reply(f"error {exc}")
-                continue
-            log(f"settings {line.settings.to_json()}")
-            reply(f"ok {line.settings.to_json()}")
-        wake("stop")
+        try:
+            for text in sys.stdin:
+                if not text.strip():
+                    continue
+                try:
+                    line.settings = parse_settings(text, line.settings)
+                except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                    reply(f"error {exc}")
+                    continue
+                log(f"settings {line.settings.to_json()}")
+                reply(f"ok {line.settings.to_json()}")
+            log("end of stdin: the controller is gone")
+        except OSError as exc:  # stdout closed: the controller is gone too
+            log(f"control channel broken: {exc}")
+        finally:
+            wake("stop")
 
     if args.stdin_control:
         threading.Thread(target=read_stdin, name="stdin", daemon=True).start()

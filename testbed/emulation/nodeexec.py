@@ -52,3 +52,26 @@ def parallel(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
     with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
         futures = [pool.submit(job) for job in jobs]
         return [f.result() for f in futures]
+
+
+def wait_for_output(stream: Any, token: bytes, timeout: float) -> tuple[bool, bytes]:
+    """Read a child's pipe until `token` appears; (found, what was read).
+
+    Reads the raw descriptor: a buffered readline() could pull the token into Python's buffer,
+    where select() no longer sees it."""
+    import os
+    import select
+    import time
+
+    fd = stream.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while token not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return False, seen
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False, seen
+        seen += chunk
+    return True, seen

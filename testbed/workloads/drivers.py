@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.emulation.nodeexec import wait_for_output
 from testbed.spec.experiment import Bulk, Iperf3, Ping, RequestResponse, Workload
 
 AGENT = Path(__file__).with_name("agent.py")
@@ -43,15 +43,10 @@ def _start(node: Any, argv: list[str], ctx: Context, what: str, wait_for: bytes 
     ctx.state.add_process(proc.pid, what)
     if wait_for is None:
         return proc
-    deadline = time.monotonic() + timeout
-    seen = b""
-    while wait_for not in seen:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        line = proc.stdout.readline() if ready else b""
-        if not line:
-            _stop(proc)
-            raise RuntimeError(f"{what} did not become ready: {seen.decode(errors='replace')[-300:]}")
-        seen += line
+    found, seen = wait_for_output(proc.stdout, wait_for, timeout)
+    if not found:
+        _stop(proc)
+        raise RuntimeError(f"{what} did not become ready: {seen.decode(errors='replace')[-300:].strip()}")
     return proc
 
 

@@ -62,7 +62,11 @@ def test_shipped_experiment(name, tmp_path):
         ttfb = {w: m["workloads"][w]["ttfb"]["p95"] for w in ("rr-mptcp", "rr-tcp")}
         assert all(0 < v < 0.5 for v in ttfb.values())
         assert m["workloads"]["rr-tcp"]["is_mptcp"] is False and m["workloads"]["rr-mptcp"]["is_mptcp"] is True
-    if m["captures"] if "captures" in m else False:
+    if name == "aggregate":
+        assert "captures" not in m  # capture: off
+    else:
+        assert {"client:wlan0", "server:eth0"} <= set(m["captures"]), m["captures"]  # every host interface
+        assert not any(ref.startswith(("ap", "gw")) for ref in m["captures"])  # hosts only
         for ref, cap in m["captures"].items():
             assert (run_dir / "pcaps" / cap["file"]).stat().st_size > 24, ref
             assert cap["packets"] > 0
