@@ -185,6 +185,7 @@ class Runner:
             state.save()
             run_dir.write_text("inputs/experiment.yaml", self.loaded.rendered)
             run_dir.write_text("inputs/topology.yaml", self.loaded.topo.rendered)
+            run_dir.write_text("inputs/replay.yaml", self._replay_yaml())
             guard.arm()
             checks = self._run(run_dir, state, backend)
             guard.disarm()
@@ -303,6 +304,23 @@ class Runner:
         self.manifest["checks"] = [c.as_dict() for c in checks]
         self._mark("collect")
         return checks
+
+    def _replay_yaml(self) -> str:
+        """The experiment as validated, pinned to the rendered topology beside it and this run's seed:
+        `testbed run <archive>/inputs/replay.yaml` reproduces the run from the archive alone."""
+        import io
+
+        from ruamel.yaml import YAML
+
+        data = self.exp.model_dump(mode="json", exclude_unset=True)
+        data["topology"] = {"file": "topology.yaml"}
+        data["seed"] = self.seed
+        if self.shaping != "auto":
+            data["shaping"] = self.shaping
+        out = io.StringIO()
+        out.write(f"# Replay of run {self.manifest.get('run_id')}: the experiment as run, on the rendered topology.\n")
+        YAML().dump(data, out)
+        return out.getvalue()
 
     def _mark(self, phase: str) -> None:
         """Seconds each phase took, in the manifest (where a run's time goes, for users and benchmarks)."""

@@ -79,6 +79,10 @@ class Network:
             if mtu:
                 commands.append(["ip", "link", "set", intf.name, "mtu", str(mtu)])
             commands.append(["ip", "addr", "add", str(intf.address), "dev", intf.name])
+            if self._lossy(intf.link):
+                # Loss is per packet only if packets are MTU-sized: with offloads a veth carries
+                # 64 KB super-packets, and one drop would lose ~45 segments at once.
+                commands.append(["ethtool", "-K", intf.name, "tso", "off", "gso", "off", "gro", "off"])
             commands.append(["ip", "link", "set", intf.name, "up"])
         for route in self.resolved.routes[name]:
             argv = ["ip", "route", "add", str(route.destination)]
@@ -91,6 +95,10 @@ class Network:
             commands.append(["ip", "rule", "add", "from", str(rule.address), "table", str(rule.table),
                              "priority", str(1000 + i)])
         run_many(node, commands)
+
+    def _lossy(self, link: int | None) -> bool:
+        imp = self.resolved.topology.links[link].impairment if link is not None else None
+        return imp is not None and any((imp.direction(f).loss or 0) > 0 for f in (True, False))
 
     def node(self, name: str) -> Any:
         return self.nodes[name]

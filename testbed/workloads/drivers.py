@@ -171,7 +171,8 @@ _RTT = re.compile(rb"time=([0-9.]+) ms")
 
 
 def _ping(w: Ping, ctx: Context) -> dict:
-    argv = ["ping", "-n", "-c", str(w.count), "-i", f"{w.interval:g}", "-W", "2", ctx.target]
+    # -U: user-to-user time; the kernel's receive timestamp predates a delay applied on ingress.
+    argv = ["ping", "-n", "-U", "-c", str(w.count), "-i", f"{w.interval:g}", "-W", "2", ctx.target]
     proc = _start(ctx.client, argv, ctx, "ping", None)
     out, timed_out = _finish(proc, w.count * max(w.interval, 0.01) + w.timeout)
     (ctx.log_dir / "ping.stdout").write_bytes(out)
