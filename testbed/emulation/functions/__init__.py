@@ -1,0 +1,1 @@
+"""Network functions that live in topology nodes: NAT64, NAT44, middleboxes, converters, proxies, ..."""
