@@ -118,7 +118,7 @@ def mermaid(resolved: Resolved) -> str:
     title = topo.name + (f": {topo.description}" if topo.description else "")
     lines.append(f"  %% {' '.join(title.split())}")
     for name, node in topo.nodes.items():
-        left, right = _MERMAID_SHAPES[node.kind]
+        left, right = _MERMAID_SHAPES.get(node.kind, ("[/\"", "\"/]"))  # network functions: parallelograms
         lines.append(f"  {_mermaid_id(name)}{left}{_mermaid_text(name)}{right}")
     for li, link in enumerate(topo.links):
         a, b = link.endpoints

@@ -136,6 +136,7 @@ class Runner:
         self.captures: Any = None
         self.manifest: dict[str, Any] = {}
         self.link_directions: dict[tuple[int, bool], Any] = {}
+        self.functions: list[Any] = []
 
     # -- preparation that must not build anything ------------------------------------------------
     def preflight(self) -> tuple[Any, str]:
@@ -251,6 +252,7 @@ class Runner:
                               **desc})
         self.manifest["shaping"] = {"backend": backend, "links": links}
         self._mark("shaping")
+        self.manifest["functions"] = self._start_functions(run_dir, state)
         nodes = {n: self.network.node(n) for n in self.res.l3_nodes()}
         self.manifest["sysctls"] = dict(zip(nodes, parallel([lambda n=n: system.node_sysctls(nodes[n])
                                                               for n in nodes]), strict=True))
@@ -327,6 +329,22 @@ class Runner:
         now = time.monotonic()
         self.manifest.setdefault("timing", {})[phase] = round(now - self._last_mark, 4)
         self._last_mark = now
+
+    def _start_functions(self, run_dir: RunDir, state: RunState) -> dict[str, dict]:
+        from testbed.emulation.functions.base import FunctionContext
+        from testbed.emulation.functions.registry import implementation
+
+        started: dict[str, dict] = {}
+        for name, spec in self.res.topology.nodes.items():
+            cls = implementation(spec.kind)
+            if cls is None:
+                continue
+            ctx = FunctionContext(name, self.network.node(name), self.res.interfaces[name], self.res,
+                                  run_dir.path(f"functions/{name}/x").parent, state, self.seed)
+            function = cls(spec, ctx)
+            self.functions.append(function)
+            started[name] = {"kind": spec.kind, **function.start()}
+        return started
 
     def _direction(self, li: int, forward: bool, imp, cls) -> Any:
         link = self.res.topology.links[li]
@@ -427,6 +445,11 @@ class Runner:
         if self.captures is not None:
             with contextlib.suppress(Exception):
                 self.captures.stop()
+        for function in reversed(self.functions):
+            try:
+                function.stop()
+            except Exception as exc:  # noqa: BLE001 - keep tearing down; reported in the manifest
+                errors.append(f"{function.kind} {function.ctx.name}: {exc}")
         if self.shaper is not None:
             try:
                 self.shaper.stop()

@@ -69,7 +69,7 @@ class Network:
         spec = self.resolved.topology.nodes[name]
         node = self.nodes[name]
         sysctls = dict(BASE_SYSCTLS)
-        if spec.kind == "router":
+        if spec.kind != "host":  # routers and network functions forward
             sysctls["net.ipv4.ip_forward"] = "1"
         sysctls.update({k: str(v) for k, v in spec.sysctls.items()})
         commands: list[list[str]] = [["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())],

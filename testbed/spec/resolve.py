@@ -251,7 +251,7 @@ def _routes(topo: Topology, segments: list[Segment], interfaces: dict[str, list[
             attached[intf.segment].append(intf)
 
     def is_router(node: str) -> bool:
-        return topo.nodes[node].kind == "router"
+        return topo.nodes[node].kind not in ("host", "switch")  # routers and network functions
 
     def bfs(start: str, first_hops: list[Interface]) -> dict[int, tuple[IPv4Address | None, str]]:
         """For every segment reachable from `start` leaving by `first_hops`: (gateway, out interface)."""

@@ -7,14 +7,15 @@ Inheritance follows containerlab/netlab habits: `defaults` apply to every host a
 from __future__ import annotations
 
 from ipaddress import IPv4Interface, IPv4Network
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from testbed.spec.functions import FUNCTION_KINDS, FUNCTION_MODELS
 from testbed.spec.model import Model
 from testbed.spec.names import IfName, NodeName, RunName
-from testbed.spec.stack import StackConfig
+from testbed.spec.nodebase import NodeBase
 from testbed.spec.units import Duration, Percent, Rate
 
 
@@ -94,21 +95,6 @@ class Link(Model):
         return value
 
 
-class NodeBase(Model):
-    sysctls: dict[str, str | int] = Field(default_factory=dict, description="extra sysctls, full names")
-    mptcp: StackConfig = Field(default_factory=StackConfig)
-
-    @field_validator("sysctls")
-    @classmethod
-    def _sysctl_names(cls, values: dict[str, Any]) -> dict[str, Any]:
-        for name in values:
-            if not all(part.replace("_", "").replace("-", "").isalnum() for part in name.split(".")):
-                raise PydanticCustomError("sysctl", f"'{name}' is not a sysctl name")
-            if not name.startswith("net."):
-                raise PydanticCustomError("sysctl", f"'{name}': only per-namespace net.* sysctls can be set")
-        return values
-
-
 class Host(NodeBase):
     kind: Literal["host"]
 
@@ -121,8 +107,8 @@ class Switch(Model):
     kind: Literal["switch"]
 
 
-Node = Annotated[Host | Router | Switch, Field(discriminator="kind")]
-Kind = Literal["host", "router", "switch"]
+Node = Annotated[Union[(Host, Router, Switch, *FUNCTION_MODELS)], Field(discriminator="kind")]  # noqa: UP007
+Kind = Literal[("host", "router", "switch", *FUNCTION_KINDS)]  # type: ignore[valid-type]
 
 
 class Addressing(Model):
@@ -163,7 +149,7 @@ class Topology(Model):
             if isinstance(node, dict):
                 node = {"kind": "host", **node}
                 kind = node.get("kind")
-                base = dict(defaults) if kind in ("host", "router") else {}
+                base = dict(defaults) if kind != "switch" else {}
                 if isinstance(kinds.get(kind), dict):
                     base = _deep_merge(base, kinds[kind])
                 node = _deep_merge(base, node)

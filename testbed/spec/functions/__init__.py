@@ -1,0 +1,12 @@
+"""Node kinds that are network functions. Each kind's model lives in its own module here and is
+listed below; `testbed.emulation.functions.registry` maps the same kinds to their implementations."""
+
+from __future__ import annotations
+
+MODULES: tuple[str, ...] = ()  # e.g. "middlebox": the module testbed.spec.functions.middlebox
+
+FUNCTION_MODELS: tuple[type, ...] = ()
+for _module in MODULES:
+    _mod = __import__(f"testbed.spec.functions.{_module}", fromlist=["MODEL"])
+    FUNCTION_MODELS += (_mod.MODEL,)
+FUNCTION_KINDS: tuple[str, ...] = tuple(m.model_fields["kind"].annotation.__args__[0] for m in FUNCTION_MODELS)
