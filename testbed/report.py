@@ -22,6 +22,6 @@ def print_summary(result: Any) -> None:
         table.add_row(c["name"], str(c["expected"]), str(measured), f"[{colour}]{c['verdict']}[/{colour}]")
     console.print(table)
     if m.get("error"):
-        console.print(f"[red]error:[/red] {m['error']}")
+        print(f"error: {m['error']}", flush=True)
     # Plain print: rich would wrap a long path, and scripts read this line.
     print(f"archive: {result.run_dir}", flush=True)

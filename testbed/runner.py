@@ -45,6 +45,10 @@ class Interrupted(BaseException):
     """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
 
 
+class TimedOut(BaseException):
+    """The experiment's timeout passed (SIGALRM in the main thread); the run ends as an error."""
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -96,6 +100,20 @@ class SignalGuard:
         if self.active:
             self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
+    def arm_timeout(self, seconds: float) -> None:
+        """A hung workload, guest or node command is cut off: SIGALRM raises TimedOut wherever the
+        main thread is blocked, and teardown then kills every process of the run."""
+        if not self.active:
+            return
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            if self.armed:
+                self.armed = False
+                raise TimedOut()
+
+        self._old.setdefault(signal.SIGALRM, signal.signal(signal.SIGALRM, on_alarm))
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
     def arm(self) -> None:
         self.armed = True
         if self.pending is not None:
@@ -106,6 +124,8 @@ class SignalGuard:
         self.armed = False
 
     def restore(self) -> None:
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for s, h in self._old.items():
             signal.signal(s, h)
 
@@ -183,15 +203,24 @@ class Runner:
         checks: list = []
         exit_code = 1
         try:
+            state.archive = str(run_dir.tmp)
             state.save()
+            run_dir.write_json("manifest.json", self.manifest)  # what 'testbed clean' salvages after a kill
             run_dir.write_text("inputs/experiment.yaml", self.loaded.rendered)
             run_dir.write_text("inputs/topology.yaml", self.loaded.topo.rendered)
             run_dir.write_text("inputs/replay.yaml", self._replay_yaml())
+            guard.arm_timeout(self.exp.timeout)
             guard.arm()
             checks = self._run(run_dir, state, backend)
             guard.disarm()
             self.manifest["status"] = "complete"
             exit_code = 1 if any(c.verdict == "fail" for c in checks) else 0
+        except TimedOut:
+            guard.disarm()
+            self.manifest["status"] = "error"
+            self.manifest["error"] = (f"timed out: the experiment's timeout ({self.exp.timeout:g} s) passed "
+                                      f"during {self._phase()}; every process of the run was killed")
+            exit_code = 1
         except (KeyboardInterrupt, Interrupted):
             guard.disarm()
             self.manifest["status"] = "interrupted"
@@ -206,7 +235,7 @@ class Runner:
             self._teardown(state)
             self._mark("teardown")
             self.manifest["finished"] = _now()
-            final = run_dir.finalize(self.manifest)
+            final = self._finalize(run_dir)
         return RunResult(final, self.manifest, exit_code, checks)
 
     # -- the run itself ---------------------------------------------------------------------------
@@ -307,6 +336,29 @@ class Runner:
         self._mark("collect")
         return checks
 
+    def _finalize(self, run_dir: RunDir) -> Path:
+        """Write the manifest and move the archive into place. On a full disk the captures (the bulk
+        of an archive) are given up so that the manifest can still say what happened."""
+        import errno
+        import shutil
+
+        try:
+            return run_dir.finalize(self.manifest)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise RunError(f"cannot write the archive {run_dir.tmp}: {exc.strerror}") from None
+        shutil.rmtree(run_dir.path("pcaps"), ignore_errors=True)
+        self.manifest["status"] = "error"
+        self.manifest["error"] = ("disk full while writing the archive; packet captures were removed to make "
+                                  "room for the manifest" + (f" (earlier: {self.manifest['error']})"
+                                                             if self.manifest.get("error") else ""))
+        self.manifest.pop("captures", None)
+        try:
+            return run_dir.finalize(self.manifest)
+        except OSError as exc:
+            raise RunError(f"disk full: the archive could not be completed; what was written is in "
+                           f"{run_dir.tmp} ({exc.strerror})") from None
+
     def _replay_yaml(self) -> str:
         """The experiment as validated, pinned to the rendered topology beside it and this run's seed:
         `testbed run <archive>/inputs/replay.yaml` reproduces the run from the archive alone."""
@@ -323,6 +375,11 @@ class Runner:
         out.write(f"# Replay of run {self.manifest.get('run_id')}: the experiment as run, on the rendered topology.\n")
         YAML().dump(data, out)
         return out.getvalue()
+
+    def _phase(self) -> str:
+        done = list(self.manifest.get("timing", {}))
+        order = ["preflight", "network", "stacks", "shaping", "metadata", "workloads", "collect"]
+        return next((p for p in order if p not in done), "teardown")
 
     def _mark(self, phase: str) -> None:
         """Seconds each phase took, in the manifest (where a run's time goes, for users and benchmarks)."""

@@ -41,6 +41,7 @@ class RunState:
     processes: list[dict] = field(default_factory=list)  # {pid, start, netns, what}
     links: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)  # netns inodes of our nodes
+    archive: str | None = None  # the run's partial archive directory, finalized by clean() if killed
 
     def __post_init__(self) -> None:
         if self.owner_start is None:
@@ -147,6 +148,28 @@ def clean(force: bool = False) -> list[tuple[str, str]]:
             results.append((state.run_id, f"still running (pid {state.owner_pid}); left alone"))
             continue
         counts = sweep(state)
+        saved = salvage_archive(state)
         state.remove()
-        results.append((state.run_id, f"removed {counts['processes']} processes, {counts['links']} links"))
+        results.append((state.run_id, f"removed {counts['processes']} processes, {counts['links']} links"
+                        + (f"; archive kept as {saved}" if saved else "")))
     return results
+
+
+def salvage_archive(state: RunState) -> str | None:
+    """A killed run's partial archive, finalized as 'interrupted' so nothing it recorded is lost."""
+    import json
+    from datetime import datetime, timezone
+
+    from testbed.archive.store import MANIFEST, RunDir
+
+    if not state.archive or not Path(state.archive).is_dir():
+        return None
+    tmp = Path(state.archive)
+    try:
+        manifest = json.loads((tmp / MANIFEST).read_text())
+    except (OSError, ValueError):
+        manifest = {"run_id": state.run_id}
+    manifest.update(status="interrupted", finished=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                    error="the run was killed (SIGKILL or power loss); this archive was finalized by 'testbed clean'")
+    run_dir = RunDir.adopt(tmp)
+    return str(run_dir.finalize(manifest))

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from testbed.archive.redact import TEXT_SUFFIXES, redact, redact_data
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -37,6 +39,17 @@ class RunDir:
         self.tmp.mkdir()
         self.final = root / self.name
 
+    @classmethod
+    def adopt(cls, tmp: Path) -> RunDir:
+        """An existing partial directory (`.<name>.partial`), e.g. left by a killed run."""
+        self = cls.__new__(cls)
+        self.root = tmp.parent
+        self.name = tmp.name.removeprefix(".").removesuffix(".partial")
+        self.tag = self.name.rsplit("-", 1)[-1]
+        self.tmp = tmp
+        self.final = self.root / self.name
+        return self
+
     def path(self, rel: str) -> Path:
         p = self.tmp / rel
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +74,8 @@ class RunDir:
 
     def finalize(self, manifest: dict) -> Path:
         """Hash every file, write the manifest, and move the directory into place (never over another)."""
+        self.redact_files()
+        manifest = redact_data(json.loads(json.dumps(manifest, default=str)))
         manifest["files"] = self.files()
         self.write_json(MANIFEST, manifest)
         fsync_tree(self.tmp)
@@ -73,6 +88,30 @@ class RunDir:
                     raise
                 self.final = self.root / f"{self.name}-{secrets.token_hex(2)}"
         return self.final
+
+    def redact_files(self) -> None:
+        """Secrets out of every text file (captures are headers only and stay as they are)."""
+        for p in self.tmp.rglob("*"):
+            is_json = p.suffix == ".json"
+            if not p.is_file() or not (is_json or p.suffix in TEXT_SUFFIXES) or p.stat().st_size > 64 << 20:
+                continue
+            try:
+                text = p.read_text()
+            except UnicodeDecodeError:
+                continue
+            if is_json:
+                try:
+                    data = json.loads(text)
+                except ValueError:
+                    data = None
+                if data is not None:
+                    clean_data = redact_data(data)
+                    if clean_data != data:
+                        p.write_text(json.dumps(clean_data, indent=2) + "\n")
+                    continue
+            clean = redact(text)
+            if clean != text:
+                p.write_text(clean)
 
     def discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -32,8 +32,11 @@ def wait_until_building(proc: subprocess.Popen, results: Path, timeout: float = 
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("sig,delay", [(s, d) for s in (signal.SIGINT, signal.SIGTERM)
-                                       for d in random.Random(2).sample([0.0, 0.05, 0.15, 0.3, 0.6, 1.0, 2.0], 4)])
+# 16 signalled runs at moments spread over set-up, workloads and teardown (seeded, so reproducible).
+MOMENTS = sorted(random.Random(2).uniform(0.0, 2.5) for _ in range(8))
+
+
+@pytest.mark.parametrize("sig,delay", [(s, round(d, 3)) for s in (signal.SIGINT, signal.SIGTERM) for d in MOMENTS])
 def test_signal_tears_down_and_archives_interrupted(tmp_path, sig, delay):
     results = tmp_path / "res"
     results.mkdir()
@@ -54,12 +57,13 @@ def test_signal_tears_down_and_archives_interrupted(tmp_path, sig, delay):
     assert not list(STATE_DIR.glob(f"{runs[0].name}.json"))
 
 
-def test_sigkill_then_clean_removes_exactly_ours(tmp_path):
+@pytest.mark.parametrize("delay", [0.1, 0.5, 1.0, 2.0])
+def test_sigkill_then_clean_removes_exactly_ours(tmp_path, delay):
     results = tmp_path / "res"
     results.mkdir()
     proc = start_run(results)
     wait_until_building(proc, results)
-    time.sleep(1.0)  # mid-transfer: namespaces, delay lines, tcpdumps and agents are all up
+    time.sleep(delay)  # from set-up to mid-transfer: namespaces, delay lines, tcpdumps, agents
     proc.kill()
     proc.wait(timeout=10)
     states = list(STATE_DIR.glob("*.json"))
@@ -68,3 +72,9 @@ def test_sigkill_then_clean_removes_exactly_ours(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "removed" in r.stdout
     assert not [s for s in states if s.exists()]
+    # Nothing the run recorded is lost: its archive is finalized as interrupted and verifies.
+    assert not [p for p in results.iterdir() if p.name.endswith(".partial")]
+    run_dir = next(results.iterdir())
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and "killed" in m["error"]
+    assert run_cli("verify", str(run_dir)).returncode == 0
