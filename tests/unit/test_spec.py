@@ -279,3 +279,30 @@ def test_loader_never_crashes(tmp_path, data):
     except SpecError as exc:
         for problem in exc.problems:
             assert str(problem).startswith(str(p))
+
+
+workload = st.fixed_dictionaries({"type": st.sampled_from(["bulk", "rr", "iperf3", "ping", "bluk"])},
+                                 optional={"size": values, "client": values, "requests": values,
+                                           "protocol": st.sampled_from(["mptcp", "tcp", "sctp"]), "port": values})
+experiment = st.fixed_dictionaries(
+    {"name": st.sampled_from(["e", "E!", ""]), "topology": st.just(str(ROOT / "topologies/dual-homed.yaml.j2"))},
+    optional={"workloads": st.lists(workload, max_size=3), "stacks": st.dictionaries(keys, values, max_size=2),
+              "events": st.lists(st.dictionaries(st.sampled_from(["at", "action", "link", "node"]), values,
+                                                 max_size=4), max_size=2),
+              "expect": st.dictionaries(st.sampled_from(["outcome", "counters", "paths", "report"]), values,
+                                        max_size=3),
+              "timeout": values, "seed": values})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(experiment)
+def test_experiment_loader_never_crashes(tmp_path, data):
+    import json as _json
+
+    p = tmp_path / "fuzz.yaml"
+    p.write_text(_json.dumps(data))
+    try:
+        load_experiment(p)
+    except SpecError as exc:
+        for problem in exc.problems:
+            assert str(problem).startswith(str(p)) or "dual-homed" in str(problem)
