@@ -81,7 +81,7 @@ def _link_interfaces(resolved: Resolved) -> dict[tuple[int, int], Interface]:
 def _interface_text(intf: Interface | None) -> tuple[str, str]:
     if intf is None:
         return "", ""
-    return intf.name, str(intf.address) if intf.address else ""
+    return intf.name, " ".join(str(a) for a in (intf.address, intf.address6) if a is not None)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,8 +15,14 @@ def render_yaml(loaded: LoadedTopology) -> str:
     data = topo.model_dump(mode="json", exclude_none=True, exclude={"defaults", "kinds"})
     for name, node in data["nodes"].items():
         if name in res.interfaces:
-            node["interfaces"] = {i.name: {"address": str(i.address), "peer": ":".join(i.peer) if i.peer else None}
+            node["interfaces"] = {i.name: {k: v for k, v in (("address", i.address), ("address6", i.address6),
+                                                             ("peer", ":".join(i.peer) if i.peer else None))
+                                           if v is not None} | {k: str(v) for k, v in (("address", i.address),
+                                                                                      ("address6", i.address6))
+                                                               if v is not None}
                                   for i in res.interfaces[name]}
+            if res.served.get(name):
+                node["serves"] = [str(n) for n in res.served[name]]
             node["routes"] = [f"{r.destination} via {r.via or 'direct'} dev {r.interface}"
                               + (f" table {r.table}" if r.table else "") for r in res.routes[name]]
             if res.rules[name]:
@@ -32,7 +38,10 @@ def render_yaml(loaded: LoadedTopology) -> str:
             del ei
         link["endpoints"] = ends
         seg = next(s for s in res.segments if li in s.links)
-        link["subnet"] = str(seg.subnet)
+        if seg.subnet is not None:
+            link["subnet"] = str(seg.subnet)
+        if seg.subnet6 is not None:
+            link["subnet6"] = str(seg.subnet6)
     if loaded.parameters:
         data = {"parameters": {k: str(v) if not isinstance(v, bool | int) else v
                                for k, v in loaded.parameters.items()}, **data}

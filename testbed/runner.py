@@ -10,7 +10,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from testbed.spec.experiment import (
     LinkEvent,
     Workload,
 )
-from testbed.spec.load import LoadedExperiment
+from testbed.spec.load import LoadedExperiment, is_ip
 from testbed.state import RunState, sweep
 from testbed.verdict import Measurements, judge, outcome
 
@@ -458,12 +457,19 @@ class Runner:
         return results
 
     def _target(self, w: Workload) -> str:
-        if w.target and ":" in w.target:
-            node, _, intf = w.target.partition(":")
-            return str(ip_interface(self.res.interface(node, intf).address).ip)
-        if w.target:
+        """The server address the client connects to, in a family the client has (IPv4 first)."""
+        if w.target and is_ip(w.target):
             return w.target
-        return str(ip_interface(self.res.interfaces[w.server][0].address).ip)
+        if w.target:
+            node, _, intf_name = w.target.partition(":")
+            intf = self.res.interface(node, intf_name)
+        else:
+            intf = self.res.interfaces[w.server][0]
+        client = self.res.interfaces[w.client]
+        for family in ("ipv4", "ipv6"):
+            if intf.addr(family) is not None and any(i.addr(family) is not None for i in client):
+                return str(intf.addr(family).ip)
+        return str(intf.primary)
 
     def _apply_event(self, event: Event) -> Any:
         from testbed.stacks import upstream

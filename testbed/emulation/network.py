@@ -69,8 +69,15 @@ class Network:
         spec = self.resolved.topology.nodes[name]
         node = self.nodes[name]
         sysctls = dict(BASE_SYSCTLS)
+        ipv6 = any(i.address6 is not None for i in self.resolved.interfaces[name])
+        if ipv6:
+            sysctls.update({"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0",
+                            # Addresses are unique by construction; DAD would only delay them ~2 s.
+                            "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"})
         if spec.kind != "host":  # routers and network functions forward
             sysctls["net.ipv4.ip_forward"] = "1"
+            if ipv6:
+                sysctls["net.ipv6.conf.all.forwarding"] = "1"
         sysctls.update({k: str(v) for k, v in spec.sysctls.items()})
         commands: list[list[str]] = [["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())],
                                      ["ip", "link", "set", "lo", "up"]]
@@ -78,7 +85,10 @@ class Network:
             mtu = self.resolved.topology.links[intf.link].mtu if intf.link is not None else None
             if mtu:
                 commands.append(["ip", "link", "set", intf.name, "mtu", str(mtu)])
-            commands.append(["ip", "addr", "add", str(intf.address), "dev", intf.name])
+            if intf.address is not None:
+                commands.append(["ip", "addr", "add", str(intf.address), "dev", intf.name])
+            if intf.address6 is not None:
+                commands.append(["ip", "-6", "addr", "add", str(intf.address6), "dev", intf.name, "nodad"])
             if self._lossy(intf.link):
                 # Loss is per packet only if packets are MTU-sized: with offloads a veth carries
                 # 64 KB super-packets, and one drop would lose ~45 segments at once.
@@ -92,8 +102,8 @@ class Network:
                 argv += ["table", str(route.table)]
             commands.append(argv)
         for i, rule in enumerate(self.resolved.rules[name]):
-            commands.append(["ip", "rule", "add", "from", str(rule.address), "table", str(rule.table),
-                             "priority", str(1000 + i)])
+            commands.append(["ip", f"-{rule.address.version}", "rule", "add", "from", str(rule.address),
+                             "table", str(rule.table), "priority", str(1000 + i)])
         run_many(node, commands)
 
     def _lossy(self, link: int | None) -> bool:

@@ -109,12 +109,10 @@ def check_references(exp: Experiment, res: Resolved, doc: Document) -> list[Prob
     for i, w in enumerate(exp.workloads):
         node_ok(("workloads", i, "client"), w.client)
         node_ok(("workloads", i, "server"), w.server)
-        if w.target and ":" in w.target:
-            ref_ok(("workloads", i, "target"), w.target)
-        elif w.target:
-            try:
-                ip_address(w.target)
-            except ValueError:
+        if w.target and not is_ip(w.target):
+            if ":" in w.target:
+                ref_ok(("workloads", i, "target"), w.target)
+            else:
                 problems.append(doc.problem(("workloads", i, "target"),
                                             f"'{w.target}' is neither 'node:interface' nor an IP address"))
     for i, ev in enumerate(exp.events):
@@ -161,3 +159,11 @@ def _metric_refs(exp: Experiment):
 
 METRICS = ("goodput", "seconds", "bytes", "loss_percent", "retransmits",
            *(f"{f}_{p}" for f in ("ttfb", "completion", "rtt") for p in ("min", "p50", "p95", "p99", "max", "mean")))
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True

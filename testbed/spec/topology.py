@@ -6,7 +6,7 @@ Inheritance follows containerlab/netlab habits: `defaults` apply to every host a
 
 from __future__ import annotations
 
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
@@ -63,10 +63,14 @@ class LinkImpairment(Impairment):
         return override.over(common) if override else common
 
 
+Family = Literal["ipv4", "ipv6", "dual"]
+
+
 class LinkEnd(Model):
     node: NodeName
     interface: IfName | None = None
     address: IPv4Interface | None = None
+    address6: IPv6Interface | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -84,6 +88,8 @@ class Link(Model):
     endpoints: tuple[LinkEnd, LinkEnd]
     name: str | None = Field(None, description="label shown in graphs and reports, e.g. wifi")
     subnet: IPv4Network | None = None
+    subnet6: IPv6Network | None = None
+    family: Family | None = Field(None, description="address family of this link (default: addressing.family)")
     impairment: LinkImpairment | None = None
     mtu: int | None = Field(None, ge=576, le=9000)
 
@@ -112,8 +118,11 @@ Kind = Literal[("host", "router", "switch", *FUNCTION_KINDS)]  # type: ignore[va
 
 
 class Addressing(Model):
+    family: Family = Field("ipv4", description="address family of links that do not say")
     ipv4: IPv4Network = Field(IPv4Network("10.0.0.0/16"), description="pool that link subnets are taken from")
     prefix: int = Field(24, ge=8, le=30, description="prefix length of each link subnet")
+    ipv6: IPv6Network = Field(IPv6Network("2001:db8:1::/48"), description="pool that IPv6 link subnets come from")
+    prefix6: int = Field(64, ge=48, le=126, description="prefix length of each IPv6 link subnet")
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

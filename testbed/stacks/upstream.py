@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_interface
 from typing import Any
 
 from testbed.emulation.nodeexec import run, run_many
@@ -24,9 +23,7 @@ def endpoint_argv(ep: Endpoint, address: str, verb: str = "add") -> list[str]:
 def endpoint_address(ep: Endpoint, resolved: Resolved, node: str) -> str:
     if ep.address is not None:
         return str(ep.address)
-    intf = resolved.interface(node, ep.interface)
-    assert intf.address is not None
-    return str(ip_interface(intf.address).ip)
+    return str(resolved.interface(node, ep.interface).primary)
 
 
 def check_supported(cfg: StackConfig, features: Features, node: str) -> None:
@@ -73,7 +70,7 @@ def add_endpoint(node: Any, name: str, ep: Endpoint, resolved: Resolved) -> None
 
 
 def remove_endpoint(node: Any, name: str, interface: str, resolved: Resolved) -> None:
-    address = str(ip_interface(resolved.interface(name, interface).address).ip)
+    address = str(resolved.interface(name, interface).primary)
     endpoint_id = _endpoint_id(node, address)
     run(node, ["ip", "mptcp", "endpoint", "delete", "id", endpoint_id])
 
@@ -83,7 +80,7 @@ def set_backup(node: Any, name: str, interface: str, backup: bool, resolved: Res
 
     An interface without an endpoint gets one (flagged backup only), so the initial subflow's
     address can be marked too."""
-    address = str(ip_interface(resolved.interface(name, interface).address).ip)
+    address = str(resolved.interface(name, interface).primary)
     if _endpoint_id(node, address, required=False) is None:
         run(node, ["ip", "mptcp", "endpoint", "add", address, "dev", interface])
     run(node, ["ip", "mptcp", "endpoint", "change", address, "backup" if backup else "nobackup"])

@@ -102,7 +102,7 @@ def run(w: Workload, ctx: Context) -> dict:
 def _bulk(w: Bulk, ctx: Context) -> dict:
     common = ["--port", str(w.port), "--protocol", w.protocol, "--direction", w.direction,
               "--size", str(w.size), "--seed", str(ctx.seed), "--timeout", str(w.timeout)]
-    server = _start(ctx.server, _python("bulk-server", "--bind", "0.0.0.0", *common), ctx,
+    server = _start(ctx.server, _python("bulk-server", "--bind", "::", *common), ctx,
                     "bulk-server", b"ready")
     client = _start(ctx.client, _python("bulk-client", "--connect", ctx.target, *common), ctx,
                     "bulk-client", None)
@@ -120,7 +120,7 @@ def _bulk(w: Bulk, ctx: Context) -> dict:
 
 
 def _rr(w: RequestResponse, ctx: Context) -> dict:
-    server = _start(ctx.server, _python("rr-server", "--bind", "0.0.0.0", "--port", str(w.port),
+    server = _start(ctx.server, _python("rr-server", "--bind", "::", "--port", str(w.port),
                                         "--protocol", w.protocol, "--response-size", str(w.response_size),
                                         "--timeout", str(w.timeout + 5)), ctx, "rr-server", b"ready")
     argv = _python("rr-client", "--connect", ctx.target, "--port", str(w.port), "--protocol", w.protocol,
