@@ -162,7 +162,17 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
                             format_duration(value) if value is not None else None,
                             "pass" if _within(value, bound) else "fail"))
     for ref in e.report:
-        value = metric(m, ref)
+        value = _reported(m, ref)
         checks.append(Check(ref, "recorded", value, "info" if value is not None else "fail",
                             "a finding, not a pass/fail criterion"))
     return checks
+
+
+def _reported(m: Measurements, ref: str) -> float | None:
+    """A finding: 'node:interface' (bytes carried), 'node.Counter' (delta) or 'workload.metric'."""
+    head, dot, tail = ref.partition(".")
+    if ":" in ref and not dot:
+        return m.path_bytes(ref, None, None)
+    if dot and head in m.counters and head not in m.workloads:
+        return m.counters[head].get(tail, 0)
+    return metric(m, ref)

@@ -130,13 +130,23 @@ def check_references(exp: Experiment, res: Resolved, doc: Document) -> list[Prob
     for ref in exp.expect.paths:
         ref_ok(("expect", "paths", ref), ref)
     names = exp.workload_names()
+    metric_refs_extra: list[tuple[tuple[str | int, ...], str]] = []
     if exp.expect.goodput and exp.expect.goodput.workload not in (None, *names):
         w = exp.expect.goodput.workload
         problems.append(doc.problem(("expect", "goodput", "workload"), f"no workload named '{w}'{suggest(w, names)}"))
     if exp.expect.latency and exp.expect.latency.workload not in (None, *names):
         w = exp.expect.latency.workload
         problems.append(doc.problem(("expect", "latency", "workload"), f"no workload named '{w}'{suggest(w, names)}"))
-    for loc, ref in _metric_refs(exp):
+    for i, ref in enumerate(exp.expect.report):
+        loc = ("expect", "report", i)
+        head, dot, _ = ref.partition(".")
+        if ":" in ref and not dot:
+            ref_ok(loc, ref)  # bytes an interface carried
+        elif dot and head in hosts and head not in names:
+            pass  # a counter of a node: 'node.MPTcpExtAddAddr'
+        else:
+            metric_refs_extra.append((loc, ref))
+    for loc, ref in [*_metric_refs(exp), *metric_refs_extra]:
         wname, dot, what = ref.rpartition(".")
         if not dot:
             problems.append(doc.problem(loc, f"expected 'workload.metric', got '{ref}'"))
@@ -151,8 +161,6 @@ def _metric_refs(exp: Experiment):
     for i, c in enumerate(exp.expect.compare):
         yield ("expect", "compare", i, "left"), c.left
         yield ("expect", "compare", i, "right"), c.right
-    for i, ref in enumerate(exp.expect.report):
-        yield ("expect", "report", i), ref
     for ref in exp.expect.latency_bounds:
         yield ("expect", "latency_bounds", ref), ref
 

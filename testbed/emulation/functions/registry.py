@@ -8,6 +8,10 @@ from testbed.emulation.functions.base import NetworkFunction
 
 IMPLEMENTATIONS: dict[str, str] = {
     # kind: "module:Class" under testbed.emulation.functions
+    "nat64": "nat64:Nat64",
+    "middlebox": "middlebox:Middlebox",
+    "nat44": "nat44:Nat44",
+    "lb": "lb:LoadBalancer",
 }
 
 

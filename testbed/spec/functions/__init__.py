@@ -3,7 +3,12 @@ listed below; `testbed.emulation.functions.registry` maps the same kinds to thei
 
 from __future__ import annotations
 
-MODULES: tuple[str, ...] = ()  # e.g. "middlebox": the module testbed.spec.functions.middlebox
+MODULES: tuple[str, ...] = (
+    "nat64",
+    "middlebox",
+    "nat44",
+    "lb",
+)  # each names the module testbed.spec.functions.<name>
 
 FUNCTION_MODELS: tuple[type, ...] = ()
 for _module in MODULES:
