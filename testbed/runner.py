@@ -168,11 +168,8 @@ class Runner:
         features = detect()
         for name, cfg in self.loaded.stacks.items():
             upstream.check_supported(cfg, features, name)
-        needs_shaping = any(link.impairment and not (link.impairment.direction(True).empty and
-                                                     link.impairment.direction(False).empty)
-                            for link in self.res.topology.links)
         backend = shaping.choose_backend(None if self.shaping == "auto" else self.shaping)
-        return features, backend if needs_shaping else backend
+        return features, backend
 
     def run(self) -> RunResult:
         guard = SignalGuard()

@@ -104,8 +104,8 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
     if e.transfer_intact is not None:
         bulks = {n: r for n, r in m.workloads.items() if r.get("type") == "bulk"}
         intact = bool(bulks) and all(r.get("intact") for r in bulks.values())
-        checks.append(Check("transfer intact (sha256 end to end)", str(e.transfer_intact).lower(),
-                            {n: r.get("intact") for n, r in bulks.items()},
+        measured = ", ".join(f"{n}: {str(r.get('intact')).lower()}" for n, r in bulks.items()) or "no bulk workload"
+        checks.append(Check("transfer intact (sha256 end to end)", str(e.transfer_intact).lower(), measured,
                             "pass" if intact == e.transfer_intact else "fail"))
     for key, bound in e.counters.items():
         node, _, counter = key.partition(".")

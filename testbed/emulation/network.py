@@ -8,7 +8,7 @@ from typing import Any
 from testbed.emulation.mininet_import import mininet_modules
 from testbed.emulation.nodeexec import parallel, run, run_many
 from testbed.errors import RunError
-from testbed.spec.resolve import Interface, Resolved
+from testbed.spec.resolve import Interface, Resolved, Route
 from testbed.state import RunState
 
 BASE_SYSCTLS = {
@@ -19,6 +19,15 @@ BASE_SYSCTLS = {
     "net.ipv4.conf.all.rp_filter": "0",
     "net.ipv4.conf.default.rp_filter": "0",
 }
+
+
+def route_argv(route: Route, verb: str) -> list[str]:
+    argv = ["ip", "route", verb, str(route.destination)]
+    argv += ["via", str(route.via)] if route.via else ["scope", "link"]
+    argv += ["dev", route.interface]
+    if route.table is not None:
+        argv += ["table", str(route.table)]
+    return argv
 
 
 class Network:
@@ -94,13 +103,7 @@ class Network:
                 # 64 KB super-packets, and one drop would lose ~45 segments at once.
                 commands.append(["ethtool", "-K", intf.name, "tso", "off", "gso", "off", "gro", "off"])
             commands.append(["ip", "link", "set", intf.name, "up"])
-        for route in self.resolved.routes[name]:
-            argv = ["ip", "route", "add", str(route.destination)]
-            argv += ["via", str(route.via)] if route.via else ["scope", "link"]
-            argv += ["dev", route.interface]
-            if route.table is not None:
-                argv += ["table", str(route.table)]
-            commands.append(argv)
+        commands += [route_argv(route, "add") for route in self.resolved.routes[name]]
         for i, rule in enumerate(self.resolved.rules[name]):
             commands.append(["ip", f"-{rule.address.version}", "rule", "add", "from", str(rule.address),
                              "table", str(rule.table), "priority", str(1000 + i)])
@@ -117,24 +120,15 @@ class Network:
         node, _, intf = ref.partition(":")
         run(self.nodes[node], ["ip", "link", "set", intf, "up" if up else "down"])
         if up:
-            # Bringing a link up again flushes nothing, but routes through it were removed while down.
+            # The kernel removed the routes through the link while it was down; put them back.
             self._restore_routes(node, intf)
             peer = self.resolved.interface(node, intf).peer
             if peer:
                 self._restore_routes(*peer)
 
     def _restore_routes(self, name: str, intf: str) -> None:
-        commands = []
-        for route in self.resolved.routes[name]:
-            if route.interface != intf:
-                continue
-            argv = ["ip", "route", "replace", str(route.destination)]
-            argv += ["via", str(route.via)] if route.via else ["scope", "link"]
-            argv += ["dev", route.interface]
-            if route.table is not None:
-                argv += ["table", str(route.table)]
-            commands.append(argv)
-        run_many(self.nodes[name], commands)
+        run_many(self.nodes[name], [route_argv(r, "replace") for r in self.resolved.routes[name]
+                                    if r.interface == intf])
 
     def stop(self) -> None:
         if self.net is None:
