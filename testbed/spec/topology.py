@@ -158,6 +158,9 @@ class Topology(Model):
             if isinstance(node, dict):
                 node = {"kind": "host", **node}
                 kind = node.get("kind")
+                if not isinstance(kind, str):
+                    nodes[name] = node  # validation reports the bad kind
+                    continue
                 base = dict(defaults) if kind != "switch" else {}
                 if isinstance(kinds.get(kind), dict):
                     base = _deep_merge(base, kinds[kind])
