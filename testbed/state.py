@@ -11,11 +11,13 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STATE_DIR = Path(os.environ.get("TESTBED_STATE_DIR", "/run/testbed"))
+_SAVE_LOCK = threading.Lock()
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -52,10 +54,12 @@ class RunState:
         return STATE_DIR / f"{self.run_id}.json"
 
     def save(self) -> None:
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, self.path)
+        # Workloads and functions register processes from several threads at once.
+        with _SAVE_LOCK:
+            STATE_DIR.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(asdict(self)))
+            os.replace(tmp, self.path)
 
     def add_process(self, pid: int, what: str, node_namespace: bool = False) -> None:
         ns = netns_inode(pid)
