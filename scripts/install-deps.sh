@@ -2,7 +2,7 @@
 # Installs the Debian packages the testbed drives. Idempotent: apt runs only for what is missing.
 set -euo pipefail
 pkgs=(mininet bridge-utils net-tools iproute2 iperf3 mptcpize tcpdump nftables iptables iputils-ping
-      tayga libnetfilter-queue-dev python3-venv python3-dev gcc procps ethtool)
+      tayga libnetfilter-queue-dev python3-venv python3-dev gcc procps ethtool dante-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

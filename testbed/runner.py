@@ -325,7 +325,9 @@ class Runner:
                                      for n, d in deltas.items()}
         specs = dict(zip(self.exp.workload_names(), self.exp.workloads, strict=True))
         m = Measurements(results, specs, deltas, sampler.bytes_between,
-                         {n: [i.name for i in self.res.interfaces[n]] for n in nodes})
+                         {n: [i.name for i in self.res.interfaces[n]] for n in nodes}, sockets=sockets.snapshots,
+                         addresses={i.ref: [str(a.ip) for a in (i.address, i.address6) if a is not None]
+                                    for n in nodes for i in self.res.interfaces[n]})
         self.manifest["outcome"] = outcome(m)
         checks = judge(self.exp, m, self.manifest["outcome"])
         self.manifest["checks"] = [c.as_dict() for c in checks]
@@ -438,10 +440,18 @@ class Runner:
             threads = []
             for name, w in group:
                 log_dir = run_dir.path(f"workloads/{name}/x").parent
-                ctx = drivers.Context(nodes[w.client], nodes[w.server], self._target(w), log_dir, state, self.seed)
+                ctx = drivers.Context(nodes[w.client], nodes[w.servers[0] if w.servers else w.server],
+                                      self._target(w), log_dir, state, self.seed,
+                                      servers={s: nodes[s] for s in w.servers})
+                drivers.add_path_info(ctx, self.res, w)  # via node address, configured path RTT
 
                 def work(name=name, w=w, ctx=ctx):
-                    results[name] = {"started": round(time.monotonic(), 4), **drivers.run(w, ctx)}
+                    started = round(time.monotonic(), 4)
+                    try:
+                        results[name] = {"started": started, **drivers.run(w, ctx)}
+                    except Exception as exc:  # noqa: BLE001 - a workload thread must leave a result
+                        results[name] = {"started": started, "ok": False, "type": w.type,
+                                         "error": f"the testbed failed running it: {exc!r}"}
 
                 t = threading.Thread(target=work, name=f"workload-{name}", daemon=True)
                 threads.append(t)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import fnmatch
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from testbed.spec.experiment import Bound, Experiment
@@ -35,10 +36,13 @@ class Measurements:
     counters: dict[str, dict[str, int]]  # node → delta
     path_bytes: Any  # (ref, start, end) → bytes
     node_interfaces: dict[str, list[str]]
+    sockets: list[dict] = field(default_factory=list)  # `ss` snapshots: {"t", "node", "tcp", "mptcp"}
+    addresses: dict[str, list[str]] = field(default_factory=dict)  # 'node:interface' → its addresses
 
 
 def outcome(m: Measurements) -> str:
-    streams = [(n, r) for n, r in m.workloads.items() if r.get("type") in STREAM_TYPES]
+    streams = [(n, r) for n, r in m.workloads.items() if r.get("type") in STREAM_TYPES
+               and _expected_error(m, n) is None]  # workloads meant to fail say nothing about the outcome
     if not streams:
         return "none"
     if any(not r.get("ok") for _, r in streams):
@@ -83,11 +87,33 @@ def metric(m: Measurements, ref: str) -> float | None:
     r = m.workloads.get(name, {})
     if what in ("goodput", "goodput_bps"):
         return r.get("goodput_bps")
+    if what == "share":
+        return _share(m, name)
     family, _, pct = what.partition("_")
     if family in ("ttfb", "completion", "rtt") and isinstance(r.get(family), dict):
         return r[family].get(pct)
-    value = r.get(what)
+    value = r.get(what)  # set-up figures (setup_seconds, first_byte_rtts, ...) are lifted by the driver
+    if value is None:
+        value = (r.get("client") or {}).get(what)
     return value if isinstance(value, int | float) else None
+
+
+def _expected_error(m: Measurements, name: str) -> str | None:
+    return getattr(m.workload_specs.get(name), "expect_error", None)
+
+
+def _failure_check(name: str, r: dict, wanted: str) -> Check:
+    """A workload that must fail (`expect_error`): with the error its via node reported, or any."""
+    err = r.get("via_error") if isinstance(r.get("via_error"), dict) else None
+    measured = err.get("name") if err else ("ok" if r.get("ok") else r.get("error"))
+    passed = not r.get("ok") and (wanted == "any" or (err is not None and err.get("name") == wanted))
+    detail = ""
+    if err:
+        est = err.get("established_seconds")
+        detail = (f"{err.get('kind')} error {err.get('code')} after {err.get('seconds')} s; for a Happy-Eyeballs "
+                  "race the attempt " + (f"counted as established after {est} s" if est is not None
+                                         else "never counted as established"))
+    return Check(f"workload {name} fails with {wanted}", wanted, measured, "pass" if passed else "fail", detail)
 
 
 def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check]:
@@ -95,8 +121,12 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
     checks: list[Check] = []
     if e.outcome != "failed":
         for name, r in m.workloads.items():
+            if _expected_error(m, name) is not None:
+                continue  # judged below: its failure is the pass
             checks.append(Check(f"workload {name} completed", "ok", "ok" if r.get("ok") else r.get("error"),
                                 "pass" if r.get("ok") else "fail"))
+    checks += [_failure_check(n, r, _expected_error(m, n) or "") for n, r in m.workloads.items()
+               if _expected_error(m, n) is not None]
     if e.outcome:
         checks.append(Check("outcome", e.outcome, measured_outcome,
                             "pass" if measured_outcome == e.outcome else "fail",
@@ -109,8 +139,21 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
                             "pass" if intact == e.transfer_intact else "fail"))
     for key, bound in e.counters.items():
         node, _, counter = key.partition(".")
-        value = m.counters.get(node, {}).get(counter, 0)
-        checks.append(Check(f"counter {key}", _bound_text(bound), value, "pass" if _within(value, bound) else "fail"))
+        matched = fnmatch.filter(m.counters, node) if any(c in node for c in "*?[") else [node]
+        value = sum(m.counters.get(n, {}).get(counter, 0) for n in matched)
+        checks.append(Check(f"counter {key}", _bound_text(bound), value, "pass" if _within(value, bound) else "fail",
+                            f"sum over {', '.join(sorted(matched))}" if matched != [node] else ""))
+    for node, p in e.peers.items():
+        seen = peers_seen(m.sockets, node)
+        wanted = {ref: m.addresses.get(ref, [ref]) for ref in [*p.includes, *p.excludes]}
+        missing = [ref for ref in p.includes if not set(wanted[ref]) & seen]
+        present = [ref for ref in p.excludes if set(wanted[ref]) & seen]
+        expected = "; ".join(([f"includes {', '.join(p.includes)}"] if p.includes else []) +
+                             ([f"excludes {', '.join(p.excludes)}"] if p.excludes else []))
+        checks.append(Check(f"peers of {node}", expected, sorted(seen), "fail" if missing or present else "pass",
+                            "remote addresses of its established TCP sockets in the ss snapshots"
+                            + (f"; never seen: {', '.join(missing)}" if missing else "")
+                            + (f"; seen: {', '.join(present)}" if present else "")))
     if e.subflows is not None:
         name, _ = _first(m, STREAM_TYPES, None)
         client = m.workload_specs[name].client if name else None
@@ -176,3 +219,34 @@ def _reported(m: Measurements, ref: str) -> float | None:
     if dot and head in m.counters and head not in m.workloads:
         return m.counters[head].get(tail, 0)
     return metric(m, ref)
+
+
+def _share(m: Measurements, name: str) -> float | None:
+    """Percent of the goodput of the workloads running together with `name` (its `concurrent` group)
+    that `name` had: each flow's share of a bottleneck they all crossed."""
+    groups: list[list[str]] = []
+    for n, spec in m.workload_specs.items():
+        if getattr(spec, "concurrent", False) and groups:
+            groups[-1].append(n)
+        else:
+            groups.append([n])
+    group = next((g for g in groups if name in g), [])
+    rates = {n: m.workloads.get(n, {}).get("goodput_bps") for n in group}
+    total = sum(v for v in rates.values() if isinstance(v, int | float))
+    own = rates.get(name)
+    return round(100.0 * own / total, 2) if isinstance(own, int | float) and total else None
+
+
+def peers_seen(snapshots: list[dict], node: str) -> set[str]:
+    """Remote addresses of `node`'s established TCP sockets (`ss -tniH state established` lines)."""
+    seen = set()
+    for snap in snapshots:
+        if snap.get("node") != node or not snap.get("tcp"):
+            continue
+        for line in snap["tcp"].splitlines():
+            words = line.split()
+            if not line[:1].strip() or len(words) < 4 or not words[0].isdigit():
+                continue  # the -i detail lines are indented
+            host = words[3].rpartition(":")[0].strip("[]")
+            seen.add(host.removeprefix("::ffff:"))
+    return seen

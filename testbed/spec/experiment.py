@@ -35,6 +35,14 @@ class WorkloadBase(Model):
     protocol: Protocol = Field("mptcp", description="socket the workload opens (mptcp falls back when refused)")
     concurrent: bool = Field(False, description="start together with the previous workload instead of after it")
     timeout: Duration = Field(60.0, gt=0)
+    servers: list[NodeName] = Field(
+        default_factory=list, description="bulk/rr: run the server side on each of these nodes instead of `server` "
+        "(e.g. a load balancer's backends); the client connects to `target`; the result says which served")
+    via: NodeName | None = Field(None, description="node name of a converter or socks node to go through "
+                                                   "(bulk and rr): the client asks it to connect to the target")
+    expect_error: str | None = Field(
+        None, description="this workload must fail, with this error reported by its `via` node (e.g. "
+        "destination-unreachable, host-unreachable) or with any error ('any'); its failure is then the pass")
 
 
 class Bulk(WorkloadBase):
@@ -157,11 +165,20 @@ class Compare(Model):
     factor: float = Field(1.0, gt=0)
 
 
+class PeerExpect(Model):
+    """Remote addresses of a node's established TCP sockets (MPTCP subflows included), from the `ss`
+    snapshots taken every second while workloads run; entries are 'node:interface' or IP addresses."""
+
+    includes: list[str] = Field(default_factory=list, description="each was seen at least once")
+    excludes: list[str] = Field(default_factory=list, description="none was ever seen")
+
+
 class Expect(Model):
     outcome: Literal["mptcp", "fallback", "failed"] | None = None
     transfer_intact: bool | None = None
     counters: dict[str, Bound] = Field(default_factory=dict,
-                                       description="'node.CounterName' (delta over the run) → bounds")
+                                       description="'node.CounterName' (delta over the run) → bounds; a node "
+                                                   "pattern such as 'server*' sums the nodes it matches")
     subflows: Bound | None = Field(None, description="joined subflows + 1, from the client's counters")
     goodput: RateBound | None = None
     latency: LatencyExpect | None = None
@@ -171,6 +188,8 @@ class Expect(Model):
                               description="metrics ('workload.metric') recorded as findings, never failing")
     latency_bounds: dict[str, DurationBound] = Field(
         default_factory=dict, description="'workload.metric' (e.g. rr-tcp.ttfb_p95) → duration bounds")
+    peers: dict[NodeName, PeerExpect] = Field(
+        default_factory=dict, description="node → addresses at the far end of its TCP connections and subflows")
 
 
 class Experiment(Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -108,7 +109,16 @@ def check_references(exp: Experiment, res: Resolved, doc: Document) -> list[Prob
                 intf_ok(("stacks", name, "endpoints", i, "interface"), name, ep.interface)
     for i, w in enumerate(exp.workloads):
         node_ok(("workloads", i, "client"), w.client)
-        node_ok(("workloads", i, "server"), w.server)
+        if not w.servers:
+            node_ok(("workloads", i, "server"), w.server)
+        for j, server in enumerate(w.servers):
+            node_ok(("workloads", i, "servers", j), server)
+        if w.servers and w.type not in ("bulk", "rr"):
+            problems.append(doc.problem(("workloads", i, "servers"), f"only bulk and rr workloads run on several "
+                                                                     f"servers, not {w.type}"))
+        elif w.servers and not w.target:
+            problems.append(doc.problem(("workloads", i, "servers"), "several servers need a target: the address "
+                                                                     "the client connects to (e.g. a balancer's)"))
         if w.target and not is_ip(w.target):
             if ":" in w.target:
                 ref_ok(("workloads", i, "target"), w.target)
@@ -125,8 +135,18 @@ def check_references(exp: Experiment, res: Resolved, doc: Document) -> list[Prob
         node, sep, counter = key.partition(".")
         if not sep or not counter:
             problems.append(doc.problem(("expect", "counters", key), "expected 'node.CounterName'"))
+        elif any(c in node for c in "*?["):
+            if not fnmatch.filter(hosts, node):
+                problems.append(doc.problem(("expect", "counters", key), f"'{node}' matches no host or router"))
         else:
             node_ok(("expect", "counters", key), node)
+    for node, peers in exp.expect.peers.items():
+        loc = ("expect", "peers", node)
+        node_ok(loc, node)
+        for field in ("includes", "excludes"):
+            for j, ref in enumerate(getattr(peers, field)):
+                if not is_ip(ref):
+                    ref_ok((*loc, field, j), ref)
     for ref in exp.expect.paths:
         ref_ok(("expect", "paths", ref), ref)
     names = exp.workload_names()
@@ -154,6 +174,49 @@ def check_references(exp: Experiment, res: Resolved, doc: Document) -> list[Prob
             problems.append(doc.problem(loc, f"no workload named '{wname}'{suggest(wname, names)}"))
         elif what not in METRICS:
             problems.append(doc.problem(loc, f"unknown metric '{what}'{suggest(what, METRICS)}"))
+    problems += _check_via(exp, res, doc)
+    return problems
+
+
+def _check_via(exp: Experiment, res: Resolved, doc: Document) -> list[Problem]:
+    """`via` names a converter or socks node between the client and the server; `expect_error`
+    names an error that node can report; relays for MPTCP clients are not made plain TCP."""
+    from testbed.spec.functions.converter import ERRORS, reachable_hosts
+    from testbed.spec.functions.socks import REPLIES
+
+    problems: list[Problem] = []
+    nodes = res.topology.nodes
+    relays = [n for n, spec in nodes.items() if spec.kind in ("converter", "socks")]
+    for name in relays:
+        if name in exp.stacks and exp.stacks[name].stack == "tcp" and nodes[name].mptcp_client_side:
+            problems.append(doc.problem(("stacks", name, "stack"), f"'{name}' takes MPTCP clients "
+                                        "(mptcp_client_side): it cannot be plain TCP"))
+    for i, w in enumerate(exp.workloads):
+        table: dict[int, str] = {}
+        if w.via is not None:
+            loc = ("workloads", i, "via")
+            kind = nodes[w.via].kind if w.via in nodes else None
+            if kind not in ("converter", "socks"):
+                what = f"is a {kind}" if kind else "is not in the topology"
+                problems.append(doc.problem(loc, f"'{w.via}' {what}: via takes a converter or socks node"
+                                                 f"{suggest(w.via, relays)}"))
+            elif w.type not in ("bulk", "rr"):
+                problems.append(doc.problem(loc, f"only bulk and rr workloads go through a {kind}, not {w.type}"))
+            elif w.via in (w.client, w.server, *w.servers):
+                problems.append(doc.problem(loc, f"'{w.via}' cannot relay for itself"))
+            else:
+                table = ERRORS if kind == "converter" else REPLIES
+                reach = reachable_hosts(w.via, res)
+                for role, node in (("client", w.client), ("server", w.server)):
+                    if node in nodes and nodes[node].kind == "host" and node not in reach and not w.servers:
+                        problems.append(doc.problem(loc, f"the {role} '{node}' and the {kind} '{w.via}' are "
+                                                         "not connected"))
+        if w.expect_error is not None:
+            known = ["any", *table.values()]
+            if w.expect_error not in known:
+                problems.append(doc.problem(("workloads", i, "expect_error"),
+                                            f"'{w.expect_error}' is not an error this workload can report"
+                                            f"{suggest(w.expect_error, known)} (known: {', '.join(known)})"))
     return problems
 
 
@@ -165,7 +228,9 @@ def _metric_refs(exp: Experiment):
         yield ("expect", "latency_bounds", ref), ref
 
 
-METRICS = ("goodput", "seconds", "bytes", "loss_percent", "retransmits",
+METRICS = ("goodput", "seconds", "bytes", "loss_percent", "retransmits", "share", "connect_seconds",
+           "setup_seconds", "established_seconds", "first_byte_seconds", "error_seconds", "path_rtt_seconds",
+           "setup_rtts", "first_byte_rtts", "error_rtts",
            *(f"{f}_{p}" for f in ("ttfb", "completion", "rtt") for p in ("min", "p50", "p95", "p99", "max", "mean")))
 
 

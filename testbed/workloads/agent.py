@@ -15,16 +15,23 @@ Modes
 bulk-server --bind ADDR --port P [--protocol mptcp|tcp] [--direction upload|download] [--size BYTES]
             [--seed S] [--timeout SECONDS]
 bulk-client --connect ADDR --port P --size BYTES [--protocol ...] [--direction ...] [--seed S]
-            [--timeout SECONDS] [--connect-retries N]
+            [--timeout SECONDS] [--connect-retries N] [--via KIND:ADDR:PORT]
 rr-server   --bind ADDR --port P [--protocol ...] [--response-size BYTES] [--timeout SECONDS]
             [--max-threads N]
 rr-client   --connect ADDR --port P --requests N --request-size BYTES --response-size BYTES
             [--protocol ...] [--interval SECONDS] [--new-connection-per-request] [--timeout SECONDS]
-            [--connect-retries N]
+            [--connect-retries N] [--via KIND:ADDR:PORT]
 
 BYTES accepts an integer or a number with a suffix: k/M/G/T (powers of 1000) or Ki/Mi/Gi/Ti (powers
 of 1024), optionally followed by ``B``. ``--timeout`` bounds the whole run (0 = unlimited; default
 300 s). ``--connect-retries`` (default 200) retries connect() every 10 ms on ECONNREFUSED.
+
+``--via converter:ADDR:PORT`` reaches --connect through a Transport Converter (RFC 8803): the
+Convert message with a Connect TLV goes in the SYN (TCP Fast Open: non-blocking sendto with
+MSG_FASTOPEN; without a TFO cookie the SYN asks for one and the message follows the handshake),
+and the connection is used once the converter's answer arrived (an Error TLV fails it). With
+rr-client --new-connection-per-request the request rides along in the SYN. ``--via
+socks5:ADDR:PORT`` does the SOCKS5 exchange (RFC 1928: no authentication, CONNECT) instead.
 
 Bulk wire protocol
 ------------------
@@ -64,14 +71,27 @@ bulk-client: direction, size, seed, bytes, seconds, goodput_bps, sha256_local, s
              goodput_bps = bytes * 8 / seconds; first_byte_seconds (download only) runs from connect()
              returning to the first payload byte; connect_seconds is the successful connect() call.
              mptcp_info / is_mptcp are sampled just before close, while the subflows are still up.
+             Also via, setup_seconds, established_seconds, syn_data, via_error (see "through a proxy").
 rr-server:   response_size, requests (served), connections, mptcp_connections, bytes_received,
              bytes_sent (framing included), seconds, stopped_by ("signal" | "timeout" | null).
              is_mptcp aggregates the connections like the rr-client's (is_mptcp_method
              "per-connection"); mptcp_info is that of the last connection sampled. Each connection
              is served by its own thread, at most --max-threads (default 32) at once; further ones
              wait in the listen backlog.
+through a proxy (bulk-client, rr-client): via ({kind, host, port} or null); setup_seconds: from the
+             start of the attempt until the proxy confirmed the server (SOCKS reply 0 / Convert answer
+             without Error TLV), = connect_seconds without --via; established_seconds: when the attempt
+             counts as connected for a Happy-Eyeballs race (RFC 8305): through SOCKS the TCP
+             connection to the proxy, through a converter its answer (as libconvert's connect());
+             connect_seconds: the TCP connection to the proxy; syn_data (bulk) / syn_data_connections
+             (rr): the SYN carried data (TCP_INFO); via_error: {kind, code, name, seconds,
+             connect_seconds, established_seconds} of the last error the proxy reported (names as in
+             RFC 8803 section 4.2.7 and RFC 1928 section 6, e.g. destination-unreachable,
+             host-unreachable), via_errors (rr: how many).
 rr-client:   requests, request_size, response_size, interval, new_connection_per_request, count
              (= requests; ok + failed), ok, failed, ttfb_seconds, completion_seconds, connect_seconds
+             setup_seconds, established_seconds, first_byte_seconds (from the start of a connection
+             attempt to the first response byte of its first request: handshake, proxy and request)
              (summaries {p50, p95, p99, mean, max, min}, null values when empty), connect_attempts
              (over all connections, retries included), samples (TTFB of each successful request,
              in order, rounded to microseconds), connections,
@@ -576,6 +596,180 @@ def say_ready() -> None:
     sys.stdout.flush()
 
 
+# --------------------------------------------------------- through a proxy: RFC 8803 converter, SOCKS5
+
+# Error names as in testbed.spec.functions.converter.ERRORS and socks.REPLIES (a unit test keeps them equal).
+CONVERT_ERRORS = {0: "unsupported-version", 1: "malformed-message", 2: "unsupported-message",
+                  3: "missing-cookie", 32: "not-authorized", 33: "unsupported-tcp-option",
+                  64: "resource-exceeded", 65: "network-failure", 96: "connection-reset",
+                  97: "destination-unreachable"}
+SOCKS_REPLIES = {1: "general-failure", 2: "not-allowed", 3: "network-unreachable", 4: "host-unreachable",
+                 5: "connection-refused", 6: "ttl-expired", 7: "command-not-supported",
+                 8: "address-type-not-supported"}
+CONVERT_CONNECT, CONVERT_ERROR = 10, 30
+TCPI_OPT_SYN_DATA = 0x20
+
+
+class ViaError(Exception):
+    """The converter or SOCKS proxy reported that it could not reach the server (or refused the request)."""
+
+    def __init__(self, kind: str, code: int, seconds: float, timings: dict[str, object]) -> None:
+        table = CONVERT_ERRORS if kind == "converter" else SOCKS_REPLIES
+        self.kind, self.code, self.seconds, self.timings = kind, code, seconds, timings
+        self.name = table.get(code, f"error-{code}")
+        super().__init__(f"{kind} reported {self.name} ({code})")
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "code": self.code, "name": self.name, "seconds": round(self.seconds, 6),
+                "connect_seconds": _round(self.timings.get("connect")),
+                "established_seconds": _round(self.timings.get("established"))}
+
+
+def _round(value: object) -> float | None:
+    return round(value, 6) if isinstance(value, float) else None
+
+
+def parse_via(text: str) -> tuple[str, str, int]:
+    """``converter:ADDR:PORT`` or ``socks5:ADDR:PORT`` (IPv6 in brackets)."""
+    kind, _, rest = text.partition(":")
+    host, _, port = rest.rpartition(":")
+    if kind not in ("converter", "socks5") or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected converter:ADDR:PORT or socks5:ADDR:PORT, got {text!r}")
+    return kind, host.strip("[]"), int(port)
+
+
+def _packed(host: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+
+
+def convert_request(host: str, port: int) -> bytes:
+    """A Convert message (RFC 8803) with one Connect TLV: version 1 header (Total Length 6 words),
+    then Type 10, Length 5 words, the port and the address (IPv4 as IPv4-mapped IPv6)."""
+    addr = _packed(host)
+    if len(addr) == 4:
+        addr = b"\0" * 10 + b"\xff\xff" + addr
+    return struct.pack("!BBHBBH", 1, 6, 0, CONVERT_CONNECT, 5, port) + addr
+
+
+def read_convert_reply(sock: socket.socket, deadline: Deadline) -> list[tuple[int, bytes]]:
+    """The converter's Convert message: [(TLV type, value)]."""
+    header = recv_exact(sock, 4, deadline)
+    if header is None:
+        raise ProtocolError("the converter closed the connection without a Convert message")
+    version, words, _ = struct.unpack("!BBH", header)
+    if version != 1 or words < 1:
+        raise ProtocolError(f"not a Convert version 1 message (version {version}, Total Length {words})")
+    body = recv_exact(sock, words * 4 - 4, deadline) if words > 1 else b""
+    if body is None:
+        raise ProtocolError("the converter closed the connection inside its Convert message")
+    tlvs, offset = [], 0
+    while offset + 2 <= len(body):
+        tlv_type, length = body[offset], body[offset + 1]
+        if length == 0 or offset + length * 4 > len(body):
+            raise ProtocolError(f"malformed TLV {tlv_type} in the converter's message")
+        tlvs.append((tlv_type, body[offset + 2:offset + length * 4]))
+        offset += length * 4
+    return tlvs
+
+
+def _wait_connected(sock: socket.socket, deadline: Deadline) -> None:
+    """Wait for a non-blocking connect (or TFO SYN) to complete; raise its error."""
+    import select
+
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    left = deadline.remaining()
+    if not poller.poll(None if left is None else int(left * 1000) + 1):
+        raise TimeoutError("connect to the converter timed out")
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+def _syn_data(sock: socket.socket) -> bool | None:
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[5] & TCPI_OPT_SYN_DATA)
+    except OSError:
+        return None
+
+
+def via_connect(via: tuple[str, str, int], host: str, port: int, protocol: str, retries: int,
+                deadline: Deadline, result: dict[str, object], early: bytes = b""
+                ) -> tuple[socket.socket, dict[str, object], dict[str, object]]:
+    """Connect to host:port through a converter or SOCKS5 proxy; returns (sock, meta, timings).
+
+    timings (seconds from the start of the attempt): ``connect`` the TCP connection to the proxy is
+    established; ``setup`` the proxy confirmed the connection to the server; ``established`` when
+    the attempt counts as connected for a Happy-Eyeballs race (RFC 8305): through SOCKS that is the
+    proxy connection (the CONNECT exchange can only follow it), through a converter the Convert
+    answer (the request rides in the SYN, and a Convert client such as libconvert returns from
+    connect() only with that answer); ``early_sent`` ``early`` went with the request (converter
+    only: in the SYN with TCP Fast Open); ``syn_data`` the SYN carried data.
+    ViaError (with the timings so far) when the proxy reports a failure."""
+    kind, vhost, vport = via
+    t0 = time.monotonic()
+    timings: dict[str, object] = {"connect": None, "setup": None, "established": None, "early_sent": False,
+                                  "syn_data": None}
+    if kind == "socks5":
+        sock, meta, connect_seconds = connect(vhost, vport, protocol, retries, deadline, result)
+        timings.update(connect=connect_seconds, established=time.monotonic() - t0)
+        try:
+            deadline.apply(sock)
+            sock.sendall(b"\x05\x01\x00")  # version 5, one method: no authentication
+            if recv_exact(sock, 2, deadline) != b"\x05\x00":
+                raise ProtocolError("the SOCKS5 proxy refused the no-authentication method")
+            addr = _packed(host)
+            sock.sendall(b"\x05\x01\x00" + (b"\x01" if len(addr) == 4 else b"\x04") + addr + struct.pack("!H", port))
+            head = recv_exact(sock, 4, deadline)
+            if head is None or head[0] != 5:
+                raise ProtocolError(f"not a SOCKS5 reply: {head!r}")
+            if head[1] != 0:
+                raise ViaError(kind, head[1], time.monotonic() - t0, timings)
+            if head[3] == 3:
+                size = recv_exact(sock, 1, deadline)
+                alen = size[0] if size else 0
+            else:
+                alen = 16 if head[3] == 4 else 4
+            if recv_exact(sock, alen + 2, deadline) is None:
+                raise ProtocolError("the SOCKS5 reply was cut short")
+        except BaseException:
+            close_quietly(sock)
+            raise
+        timings["setup"] = time.monotonic() - t0
+        return sock, meta, timings
+    family, sockaddr = resolve(vhost, vport)
+    sock, meta = open_socket(family, protocol)
+    previous = result.get("connect_attempts")
+    result["connect_attempts"] = (previous if isinstance(previous, int) else 0) + 1
+    _meta_into(result, meta)
+    message = convert_request(host, port) + early
+    try:
+        sock.setblocking(False)
+        try:
+            sent = sock.sendto(message, socket.MSG_FASTOPEN, sockaddr)  # the SYN carries it if TFO allows
+        except BlockingIOError:  # no TFO cookie yet: a plain SYN (asking for one) left
+            sent = 0
+        _wait_connected(sock, deadline)
+        timings.update(connect=time.monotonic() - t0, syn_data=_syn_data(sock))
+        deadline.apply(sock)
+        if sent < len(message):
+            sock.sendall(message[sent:])
+        timings["early_sent"] = bool(early)
+        tlvs = read_convert_reply(sock, deadline)
+        for tlv_type, value in tlvs:
+            if tlv_type == CONVERT_ERROR:
+                raise ViaError(kind, value[0] if value else -1, time.monotonic() - t0, timings)
+    except BaseException:
+        close_quietly(sock)
+        raise
+    timings["setup"] = timings["established"] = time.monotonic() - t0
+    return sock, meta, timings
+
+
+def _via_json(via: tuple[str, str, int] | None) -> dict[str, object] | None:
+    return None if via is None else {"kind": via[0], "host": via[1], "port": via[2]}
+
+
 # ------------------------------------------------------------------------------------------ bulk
 
 
@@ -646,7 +840,8 @@ def run_bulk_client(args: argparse.Namespace) -> dict[str, object]:
     result.update(direction=args.direction, size=args.size, seed=args.seed, bytes=0, seconds=None,
                   goodput_bps=None, sha256_local=None, sha256_remote=None, intact=False,
                   connect_seconds=None, connect_attempts=0, first_byte_seconds=None, peer=None, local=None,
-                  errors=errors)
+                  via=_via_json(args.via), setup_seconds=None, established_seconds=None, syn_data=None,
+                  via_error=None, errors=errors)
     upload = args.direction == "upload"
     deadline = Deadline(args.timeout)
     sock: socket.socket | None = None
@@ -656,11 +851,18 @@ def run_bulk_client(args: argparse.Namespace) -> dict[str, object]:
     remote: str | None = None
     completed = False
     try:
-        sock, meta, connect_seconds = connect(args.connect, args.port, args.protocol,
+        if args.via:
+            sock, meta, timings = via_connect(args.via, args.connect, args.port, args.protocol,
                                               args.connect_retries, deadline, result)
+            result.update(connect_seconds=_round(timings["connect"]), setup_seconds=_round(timings["setup"]),
+                          established_seconds=_round(timings["established"]), syn_data=timings["syn_data"])
+        else:
+            sock, meta, connect_seconds = connect(args.connect, args.port, args.protocol,
+                                                  args.connect_retries, deadline, result)
+            result.update(connect_seconds=round(connect_seconds, 6), setup_seconds=round(connect_seconds, 6),
+                          established_seconds=round(connect_seconds, 6))
         start = time.monotonic()
-        result.update(connect_seconds=round(connect_seconds, 6),
-                      peer=format_addr(sock.getpeername()), local=format_addr(sock.getsockname()))
+        result.update(peer=format_addr(sock.getpeername()), local=format_addr(sock.getsockname()))
         if upload:
             send_stream(sock, args.seed, args.size, deadline, progress)
             sock.shutdown(socket.SHUT_WR)
@@ -690,6 +892,9 @@ def run_bulk_client(args: argparse.Namespace) -> dict[str, object]:
             remote = stream_digest(args.seed, args.size)
     except (Exception, Stop) as exc:
         add_error(errors, describe_error(exc))
+        if isinstance(exc, ViaError):
+            result.update(via_error=exc.as_dict(), connect_seconds=_round(exc.timings.get("connect")),
+                          established_seconds=_round(exc.timings.get("established")))
         if sock is not None:
             with contextlib.suppress(Exception):
                 _sample(result, sock, meta)
@@ -856,14 +1061,19 @@ def run_rr_client(args: argparse.Namespace) -> dict[str, object]:
                   interval=args.interval, new_connection_per_request=args.new_connection_per_request,
                   count=n, ok=0, failed=0, ttfb_seconds=summarize([]), completion_seconds=summarize([]),
                   connect_seconds=summarize([]), connect_attempts=0, samples=[], connections=0,
-                  mptcp_connections=0,
-                  seconds=None, errors=errors)
+                  mptcp_connections=0, via=_via_json(args.via), setup_seconds=summarize([]),
+                  established_seconds=summarize([]), first_byte_seconds=summarize([]), syn_data_connections=0,
+                  via_error=None, via_errors=0, seconds=None, errors=errors)
     deadline = Deadline(args.timeout)
     request = struct.pack("!I", args.request_size) + pattern_bytes(args.request_size)
     scratch = bytearray(RECV_CHUNK)
     ttfb: list[float] = []
     completion: list[float] = []
     connects: list[float] = []
+    setups: list[float] = []  # until the proxy confirmed the server (= connect without --via)
+    established: list[float] = []  # what a Happy-Eyeballs race counts (see via_connect)
+    first_bytes: list[float] = []  # attempt start -> first response byte, first request of each connection
+    syn_data = via_errors = 0
     states: list[bool | None] = []
     ok = failed = 0
     sock: socket.socket | None = None
@@ -897,16 +1107,33 @@ def run_rr_client(args: argparse.Namespace) -> dict[str, object]:
                 failed += n - i
                 break
             try:
-                start = time.monotonic()
+                start = attempt = time.monotonic()
+                sent = fresh = False
                 if sock is None:
-                    sock, meta, connect_seconds = connect(args.connect, args.port, args.protocol,
-                                                          args.connect_retries, deadline, result)
-                    connects.append(connect_seconds)
+                    fresh = True
+                    if args.via:
+                        # With one connection per request, the request rides with the Convert message
+                        # (in the SYN): the converter's 0-RTT.
+                        early = request if args.via[0] == "converter" and args.new_connection_per_request else b""
+                        sock, meta, timings = via_connect(args.via, args.connect, args.port, args.protocol,
+                                                          args.connect_retries, deadline, result, early)
+                        connects.append(timings["connect"])
+                        setups.append(timings["setup"])
+                        established.append(timings["established"])
+                        syn_data += bool(timings["syn_data"])
+                        sent = bool(timings["early_sent"])
+                    else:
+                        sock, meta, connect_seconds = connect(args.connect, args.port, args.protocol,
+                                                              args.connect_retries, deadline, result)
+                        connects.append(connect_seconds)
+                        setups.append(connect_seconds)
+                        established.append(connect_seconds)
                     set_nodelay(sock)
                     if not args.new_connection_per_request:
                         start = time.monotonic()  # a persistent connection's setup is not in the timings
                 deadline.apply(sock)
-                sock.sendall(request)
+                if not sent:
+                    sock.sendall(request)
                 got = b""
                 first = None
                 while len(got) < 4:
@@ -928,10 +1155,17 @@ def run_rr_client(args: argparse.Namespace) -> dict[str, object]:
                 assert first is not None
                 ttfb.append(first - start)
                 completion.append(end - start)
+                if fresh:
+                    first_bytes.append(first - attempt)
                 ok += 1
             except Exception as exc:
                 failed += 1
                 add_error(errors, describe_error(exc))
+                if isinstance(exc, ViaError):
+                    via_errors += 1
+                    result["via_error"] = exc.as_dict()
+                    if isinstance(exc.timings.get("established"), float):
+                        established.append(exc.timings["established"])
                 if sock is not None:
                     finish_connection()
                 continue
@@ -946,7 +1180,9 @@ def run_rr_client(args: argparse.Namespace) -> dict[str, object]:
         except Exception as exc:
             add_error(errors, describe_error(exc))
     result.update(ok=ok, failed=failed, ttfb_seconds=summarize(ttfb), completion_seconds=summarize(completion),
-                  connect_seconds=summarize(connects), samples=[round(v, 6) for v in ttfb],
+                  connect_seconds=summarize(connects), setup_seconds=summarize(setups),
+                  established_seconds=summarize(established), first_byte_seconds=summarize(first_bytes),
+                  syn_data_connections=syn_data, via_errors=via_errors, samples=[round(v, 6) for v in ttfb],
                   connections=len(connects), mptcp_connections=sum(1 for s in states if s),
                   is_mptcp=aggregate_is_mptcp(states), seconds=round(time.monotonic() - t0, 6))
     return result
@@ -971,6 +1207,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=_non_negative_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                        help=f"bound on the whole run, 0 = none (default {DEFAULT_TIMEOUT:g})")
         if not server:
+            p.add_argument("--via", type=parse_via, default=None, metavar="KIND:ADDR:PORT",
+                           help="go through a converter (RFC 8803, converter:ADDR:PORT) or a SOCKS5 proxy "
+                                "(socks5:ADDR:PORT) to --connect")
             p.add_argument("--connect-retries", type=_non_negative_int, default=DEFAULT_CONNECT_RETRIES,
                            metavar="N", help="retries on ECONNREFUSED, every 10 ms "
                            f"(default {DEFAULT_CONNECT_RETRIES})")

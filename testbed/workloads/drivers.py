@@ -11,8 +11,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from testbed.emulation.nodeexec import wait_for_output
 from testbed.spec.experiment import Bulk, Iperf3, Ping, RequestResponse, Workload
 
 AGENT = Path(__file__).with_name("agent.py")
+_STATE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -30,6 +32,116 @@ class Context:
     log_dir: Path
     state: Any
     seed: int
+    servers: dict[str, Any] = field(default_factory=dict)  # name → node: the server side runs on each
+    via: Via | None = None  # the converter or SOCKS proxy the client goes through
+    path_rtt: float | None = None  # seconds: the configured delays of the path, both ways (see path_info)
+
+
+@dataclass(frozen=True)
+class Via:
+    node: str
+    kind: str  # "converter" (RFC 8803) | "socks5"
+    address: str  # the via node's address nearest the client
+    port: int
+
+    def argv(self) -> list[str]:
+        return ["--via", f"{self.kind}:{self.address}:{self.port}"]
+
+
+def add_path_info(ctx: Context, res: Any, w: Workload) -> None:
+    """Fill `ctx.via` (the `via` node's address the client reaches in the fewest hops, and its port)
+    and `ctx.path_rtt` for bulk and rr workloads.
+
+    The path RTT is what the topology configures, not a measurement: the impairment delays of every
+    link the static routes take from the client to the target (through the via node when there is
+    one), in both directions; jitter, queueing and processing are left out. A `ping` workload over
+    the same path measures it. None when a leg has no route."""
+    if not isinstance(w, Bulk | RequestResponse):
+        return
+    legs: list[list[tuple[int, bool]] | None]
+    if w.via:
+        spec = res.topology.nodes[w.via]
+        candidates = []
+        for intf in res.interfaces.get(w.via, []):
+            if intf.address is not None:
+                hops = route_hops(res, w.client, intf.address.ip)
+                if hops is not None:
+                    candidates.append((len(hops), str(intf.address.ip), hops))
+        if not candidates:
+            return
+        _, address, to_via = min(candidates, key=lambda c: c[0])
+        ctx.via = Via(w.via, "converter" if spec.kind == "converter" else "socks5", address, spec.port)
+        legs = [to_via, route_hops(res, w.via, ctx.target)]
+    else:
+        legs = [route_hops(res, w.client, ctx.target)]
+    if all(leg is not None for leg in legs):
+        ctx.path_rtt = round(sum(_delay(res, li, fwd) + _delay(res, li, not fwd)
+                                 for leg in legs if leg for li, fwd in leg), 6)
+
+
+def _delay(res: Any, link: int, forward: bool) -> float:
+    imp = res.link_impairment(link, forward)
+    return float(imp.delay or 0) if imp is not None else 0.0
+
+
+def route_hops(res: Any, src: str, dst: Any) -> list[tuple[int, bool]] | None:
+    """(link index, forward) of every link a packet from node `src` to address `dst` crosses, following
+    the main routing tables; up to the destination's segment when no node has the address, None when
+    a node on the way has no route."""
+    from ipaddress import ip_address
+
+    dst = ip_address(str(dst))
+    family = "ipv4" if dst.version == 4 else "ipv6"
+    node, hops = src, []
+    for _ in range(64):
+        own = [i for i in res.interfaces.get(node, []) if i.addr(family) is not None]
+        if any(i.addr(family).ip == dst for i in own):
+            return hops
+        out = next((i for i in own if dst in i.addr(family).network), None)
+        nexthop = dst
+        if out is None:
+            routes = [r for r in res.routes.get(node, []) if r.table is None
+                      and r.destination.version == dst.version and dst in r.destination]
+            if not routes:
+                return None
+            best = max(routes, key=lambda r: r.destination.prefixlen)
+            out, nexthop = res.interface(node, best.interface), best.via or dst
+        hops.append((out.link, out.forward))
+        members = res.segments[out.segment].members
+        owner = next((res.interface(n, name) for n, name in members if (n, name) != (node, out.name)
+                      and res.interface(n, name).addr(family) is not None
+                      and res.interface(n, name).addr(family).ip == nexthop), None)
+        if owner is None:
+            return hops
+        if owner.link != out.link:  # through a switch: the switch's link to the next node, towards it
+            hops.append((owner.link, not owner.forward))
+        node = owner.node
+    return None
+
+
+def _start_servers(argv: list[str], ctx: Context, what: str) -> dict[str, subprocess.Popen]:
+    """The server side on each of `ctx.servers` (logs named what-<node>); stopped again on failure."""
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for name, node in ctx.servers.items():
+            procs[name] = _start(node, argv, ctx, f"{what}-{name}", b"ready")
+    except RuntimeError:
+        for proc in procs.values():
+            _stop(proc)
+        raise
+    return procs
+
+
+def _servers_result(procs: dict[str, subprocess.Popen], wait: float, served: Any) -> dict:
+    """Results of several servers. Those that end by themselves within `wait` seconds (a bulk server
+    ends with its one transfer) are waited for; the others are idle, waiting for a connection the
+    balancer never sent them, and are stopped (their 'terminated' is not an error of the workload)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs.values()):
+        time.sleep(0.02)
+    outs = {name: _json_tail(_stop(p, timeout=2.0)) for name, p in procs.items()}
+    by = [name for name, out in outs.items() if out is not None and served(out)]
+    return {"served_by": by, "server": outs[by[0]] if by else None, "servers": outs}
 
 
 def _python(*args: str) -> list[str]:
@@ -40,7 +152,8 @@ def _start(node: Any, argv: list[str], ctx: Context, what: str, wait_for: bytes 
            timeout: float = 10.0) -> subprocess.Popen:
     with open(ctx.log_dir / f"{what}.stderr", "wb") as log:  # the child keeps its own descriptor
         proc = node.popen(argv, stdout=subprocess.PIPE, stderr=log)
-    ctx.state.add_process(proc.pid, what)
+    with _STATE_LOCK:  # concurrent workloads: RunState.save() is not thread-safe
+        ctx.state.add_process(proc.pid, what)
     if wait_for is None:
         return proc
     found, seen = wait_for_output(proc.stdout, wait_for, timeout)
@@ -96,50 +209,88 @@ def run(w: Workload, ctx: Context) -> dict:
         result = {"ok": False, "error": str(exc)}
     result.update(type=w.type, protocol=w.protocol, target=ctx.target,
                   wall_seconds=round(time.monotonic() - started, 4))
+    if isinstance(w, Bulk | RequestResponse):
+        result.update(setup_metrics(result.get("client"), ctx))
     return result
+
+
+def setup_metrics(client: Any, ctx: Context) -> dict[str, Any]:
+    """Connection set-up figures of a bulk or rr client, top-level for `expect` (rr: medians over its
+    connections), and the same in path RTTs (`ctx.path_rtt`). See the agent for each one's span."""
+    c = client if isinstance(client, dict) else {}
+    out: dict[str, Any] = {}
+    for key in ("connect_seconds", "setup_seconds", "established_seconds", "first_byte_seconds"):
+        value = c.get(key)
+        out[key] = value.get("p50") if isinstance(value, dict) else value
+    error = c.get("via_error")
+    out.update(via=ctx.via.node if ctx.via else None, via_error=error,
+               error_seconds=error.get("seconds") if isinstance(error, dict) else None,
+               path_rtt_seconds=ctx.path_rtt)
+    for key in ("setup", "first_byte", "error"):
+        value = out[f"{key}_seconds"]
+        out[f"{key}_rtts"] = round(value / ctx.path_rtt, 3) if value is not None and ctx.path_rtt else None
+    return out
 
 
 def _bulk(w: Bulk, ctx: Context) -> dict:
     common = ["--port", str(w.port), "--protocol", w.protocol, "--direction", w.direction,
               "--size", str(w.size), "--seed", str(ctx.seed), "--timeout", str(w.timeout)]
-    server = _start(ctx.server, _python("bulk-server", "--bind", "::", *common), ctx,
-                    "bulk-server", b"ready")
-    client = _start(ctx.client, _python("bulk-client", "--connect", ctx.target, *common), ctx,
-                    "bulk-client", None)
+    server_argv = _python("bulk-server", "--bind", "::", *common)
+    if ctx.servers:
+        servers = _start_servers(server_argv, ctx, "bulk-server")
+    else:
+        server = _start(ctx.server, server_argv, ctx, "bulk-server", b"ready")
+    client = _start(ctx.client, _python("bulk-client", "--connect", ctx.target, *common,
+                                        *(ctx.via.argv() if ctx.via else [])), ctx, "bulk-client", None)
     cout, timed_out = _finish(client, w.timeout + 5)
-    sout, _ = _finish(server, 5)
-    c, s = _json_tail(cout), _json_tail(sout)
+    if ctx.servers:
+        multi = _servers_result(servers, 5, lambda out: out.get("peer") is not None)
+        s = multi["server"]
+    else:
+        multi = {}
+        s = _json_tail(_finish(server, 5)[0])
+    c = _json_tail(cout)
     if timed_out or c is None:
         return {"ok": False, "error": "timed out" if timed_out else "client gave no result",
-                "client": c, "server": s}
+                "client": c, "server": s, **multi}
     intact = bool(c.get("intact"))
     return {"ok": intact and not c.get("errors"), "intact": intact, "bytes": c.get("bytes"),
             "seconds": c.get("seconds"), "goodput_bps": c.get("goodput_bps"),
-            "is_mptcp": c.get("is_mptcp"), "client": c, "server": s,
+            "is_mptcp": c.get("is_mptcp"), "client": c, "server": s, **multi,
             "error": "; ".join(c.get("errors") or []) or (None if intact else "digest mismatch")}
 
 
 def _rr(w: RequestResponse, ctx: Context) -> dict:
-    server = _start(ctx.server, _python("rr-server", "--bind", "::", "--port", str(w.port),
-                                        "--protocol", w.protocol, "--response-size", str(w.response_size),
-                                        "--timeout", str(w.timeout + 5)), ctx, "rr-server", b"ready")
+    server_argv = _python("rr-server", "--bind", "::", "--port", str(w.port), "--protocol", w.protocol,
+                          "--response-size", str(w.response_size), "--timeout", str(w.timeout + 5))
+    if ctx.servers:
+        servers = _start_servers(server_argv, ctx, "rr-server")
+    else:
+        server = _start(ctx.server, server_argv, ctx, "rr-server", b"ready")
     argv = _python("rr-client", "--connect", ctx.target, "--port", str(w.port), "--protocol", w.protocol,
                    "--requests", str(w.requests), "--request-size", str(w.request_size),
                    "--response-size", str(w.response_size), "--interval", str(w.interval),
                    "--timeout", str(w.timeout))
     if w.new_connection:
         argv.append("--new-connection-per-request")
+    if ctx.via:
+        argv += ctx.via.argv()
     client = _start(ctx.client, argv, ctx, "rr-client", None)
     cout, timed_out = _finish(client, w.timeout + 5)
-    s = _json_tail(_stop(server))
+    if ctx.servers:  # rr servers serve until stopped: every one is stopped at once
+        multi = _servers_result(servers, 0, lambda out: bool(out.get("connections")))
+        s = multi["server"]
+    else:
+        multi = {}
+        s = _json_tail(_stop(server))
     c = _json_tail(cout)
     if timed_out or c is None:
         return {"ok": False, "error": "timed out" if timed_out else "client gave no result", "client": c,
-                "server": s}
+                "server": s, **multi}
     ok = c.get("ok") == w.requests
     return {"ok": ok, "requests": w.requests, "completed": c.get("ok"), "ttfb": c.get("ttfb_seconds"),
             "completion": c.get("completion_seconds"), "is_mptcp": c.get("is_mptcp"), "client": c,
-            "server": s, "error": None if ok else f"{c.get('failed')} of {w.requests} requests failed"}
+            "server": s, **multi, "error": None if ok else f"{c.get('failed')} of {w.requests} requests failed"}
 
 
 def _iperf3(w: Iperf3, ctx: Context) -> dict:

@@ -12,6 +12,8 @@ IMPLEMENTATIONS: dict[str, str] = {
     "middlebox": "middlebox:Middlebox",
     "nat44": "nat44:Nat44",
     "lb": "lb:LoadBalancer",
+    "converter": "converter:Converter",
+    "socks": "socks:Socks",
 }
 
 

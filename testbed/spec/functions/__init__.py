@@ -8,6 +8,8 @@ MODULES: tuple[str, ...] = (
     "middlebox",
     "nat44",
     "lb",
+    "converter",
+    "socks",
 )  # each names the module testbed.spec.functions.<name>
 
 FUNCTION_MODELS: tuple[type, ...] = ()

@@ -24,17 +24,21 @@ HashField = Literal["saddr", "sport", "daddr", "dport"]
 
 class LoadBalancer(NodeBase):
     kind: Literal["lb"]
-    backends: list[NodeName] = Field(min_length=1, description="hosts that serve the virtual address, in hash order")
+    backends: list[NodeName] = Field(description="hosts that serve the virtual address, in hash order")
     virtual_address: IPv4Address | None = Field(
         None, description="address the balancer answers for (default: its first interface not facing a backend)")
     port: int = Field(5201, ge=1, le=65535, description="TCP port balanced; other traffic is routed as usual")
-    hash: list[HashField] = Field(default_factory=lambda: ["saddr", "sport", "daddr", "dport"], min_length=1,
+    hash: list[HashField] = Field(default_factory=lambda: ["saddr", "sport", "daddr", "dport"],
                                   description="packet fields hashed to pick a backend (TCP is implied)")
     seed: int = Field(0, ge=0, le=0xFFFFFFFF, description="hash seed: the same tuple picks the same backend every run")
 
     @field_validator("backends", "hash")
     @classmethod
     def _unique(cls, values: list[str]) -> list[str]:
+        if not values:
+            raise PydanticCustomError("empty", "needs at least one entry")
+        if len(values) > 64:
+            raise PydanticCustomError("many", f"at most 64 entries, not {len(values)}")
         twice = sorted({v for v in values if values.count(v) > 1})
         if twice:
             raise PydanticCustomError("unique", f"listed twice: {', '.join(twice)}")

@@ -178,5 +178,12 @@ class Middlebox(NodeBase):
                 seen.update({d: i for d in b.directions()})
         return behaviours
 
+    def check(self, name: str, resolved: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        """Cross-checks against the resolved topology (the spec loader reports them with positions)."""
+        count = len(resolved.interfaces.get(name, []))
+        if count < 2:
+            return [((), f"a middlebox forwards between its links: it needs at least two, '{name}' has {count}")]
+        return []
+
 
 MODEL = Middlebox
