@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RESULTS ?= results
 
-.PHONY: deps apt venv demo test lint bench clean
+.PHONY: deps apt venv demo test lint bench images clean
 deps: apt venv
 
 # Cheap when nothing is missing (one dpkg-query per package), so it runs every time.
@@ -27,6 +27,9 @@ demo: deps
 test: deps
 	$(PY) -m ruff check testbed tests bench
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+images: deps
+	$(PY) -m testbed images
 
 bench: deps
 	$(PY) bench/cell_overhead.py

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=["svg", "mermaid"], default="svg")
     g.add_argument("-o", "--output", type=Path)
     s = sub.add_parser("schema", help="JSON Schema of a file format")
-    s.add_argument("kind", choices=["topology", "experiment"])
+    s.add_argument("kind", choices=["topology", "experiment", "matrix", "implementations"])
     run = sub.add_parser("run", help="run one experiment")
     run.add_argument("experiment", type=Path)
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -45,9 +45,46 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--results", type=Path, default=Path("results"))
     v = sub.add_parser("verify", help="check a run directory against its manifest")
     v.add_argument("run_dir", type=Path)
+    m = sub.add_parser("matrix", help="run a suite over implementations: client × server × scenario")
+    m.add_argument("suite", type=Path)
+    m.add_argument("--clients", metavar="A,B", help="client implementations (default: the suite's, else all)")
+    m.add_argument("--servers", metavar="C,D", help="server implementations (default: the suite's, else all)")
+    m.add_argument("--scenarios", metavar="X,Y", help="scenarios (default: all)")
+    m.add_argument("--must-include", metavar="IMPL", help="only cells with IMPL as client or server")
+    m.add_argument("--jobs", type=_positive, default=1, help="cells run in parallel (default 1)")
+    m.add_argument("--reruns", type=_non_negative, default=0, help="reruns of a cell not as expected (flakes)")
+    m.add_argument("--results", type=Path, default=Path("results"))
+    m.add_argument("--ci", action="store_true",
+                   help="exit 1 only for unexpected cells and regressions against the previous run")
+    h = sub.add_parser("history", help="per cell: change since the previous matrix run, flake rate")
+    h.add_argument("--suite")
+    h.add_argument("--last", type=_positive, default=10, help="runs the flake rate is computed over")
+    h.add_argument("--results", type=Path, default=Path("results"))
+    h.add_argument("--json", action="store_true", help="machine-readable output")
+    im = sub.add_parser("images", help="build (or list) cached guest boot images for QEMU implementations")
+    im.add_argument("names", nargs="*", help="e.g. linux-6.1 (default: every known image)")
+    im.add_argument("--list", action="store_true", help="only list what is cached")
+    im.add_argument("--refresh", action="store_true", help="look for a newer kernel package")
     c = sub.add_parser("clean", help="remove what killed runs left behind (only ours)")
     c.add_argument("--force", action="store_true", help="also runs whose owner still seems alive")
     return p
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got '{text}'")
+    return value
 
 
 def _version() -> str:
@@ -98,6 +135,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _demo(args)
     if cmd == "verify":
         return _verify(args.run_dir)
+    if cmd == "matrix":
+        return _matrix(args)
+    if cmd == "history":
+        return _history(args)
+    if cmd == "images":
+        return _images(args)
     if cmd == "clean":
         return _clean(args.force)
     raise AssertionError(cmd)
@@ -137,9 +180,10 @@ def _graph(args: argparse.Namespace) -> int:
 
 def _schema(kind: str) -> int:
     from testbed.spec.experiment import Experiment
+    from testbed.spec.matrix import Registry, Suite
     from testbed.spec.topology import Topology
 
-    model = Topology if kind == "topology" else Experiment
+    model = {"topology": Topology, "experiment": Experiment, "matrix": Suite, "implementations": Registry}[kind]
     schema = model.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = f"testbed {kind}"
@@ -182,6 +226,87 @@ def _demo(args: argparse.Namespace) -> int:
     return worst
 
 
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from testbed.matrix.runner import MatrixRunner
+    from testbed.spec.matrix import load_suite
+
+    loaded = load_suite(args.suite)
+    console = Console(highlight=False)
+    runner = MatrixRunner(loaded, args.results, clients=_csv(args.clients), servers=_csv(args.servers),
+                          scenarios=_csv(args.scenarios), must_include=args.must_include, jobs=args.jobs,
+                          reruns=args.reruns, console=console)
+    cells = runner.plan()
+    runnable = sum(1 for c in cells if c.expectation.status == "run")
+    print(f"matrix {loaded.suite.name}: {len(cells)} cells ({runnable} to run, {len(cells) - runnable} not runnable "
+          f"here), --jobs {runner.jobs}, --reruns {runner.reruns}", flush=True)
+    result = runner.run()
+    matrix = result["matrix"]
+    summary = matrix["summary"]
+    print("summary: " + ", ".join(f"{n} {v}" for v, n in summary.items() if n), flush=True)
+    regressions, fixes = matrix["history"]["regressions"], matrix["history"]["fixes"]
+    if matrix["history"]["previous_run"]:
+        print(f"since {matrix['history']['previous_run']}: regressions: {', '.join(regressions) or 'none'}; "
+              f"fixes: {', '.join(fixes) or 'none'}")
+    if args.ci:
+        for c in matrix["cells"].values():
+            if c["verdict"] not in ("as-expected", "unexpected"):
+                print(f"  {c['verdict']}: {c['scenario']} {c['client']} -> {c['server']}: {c['reason']}")
+    print(f"report: {result['run_dir'] / 'report.md'}")
+    print(f"archive: {result['run_dir']}", flush=True)
+    if matrix["status"] == "interrupted":
+        return 130
+    if args.ci:
+        return 1 if summary["unexpected"] or regressions else 0
+    return 0 if all(c.verdict in ("as-expected", "unsupported", "unavailable") for c in runner.cells) else 1
+
+
+SERIES = {"as-expected": "✓", "unexpected": "✗", "flaky": "~", "error": "E", "unsupported": "-", "unavailable": "n"}
+
+
+def _history(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from testbed.matrix import history
+
+    db = history.db_path(args.results)
+    report = history.report(db, args.suite, args.last)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if not report:
+        print(f"no matrix runs recorded in {db}" + (f" for suite {args.suite}" if args.suite else ""))
+        return 0
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)
+    for s in report:
+        latest, prev = s["latest"], s["previous"]
+        table = Table(title=f"suite {s['suite']}: latest run {latest['run_id']} ({latest['status']}); "
+                            f"compared with {prev['run_id'] if prev else 'nothing (first run)'}; "
+                            f"flake rate over the last {s['runs']} run(s)")
+        for col in ("cell", "verdict", "previous", "change", "flake rate",
+                    "history, oldest first (✓ as-expected ✗ unexpected ~ flaky E error - unsupported n unavailable)"):
+            table.add_column(col)
+        colours = {"regression": "red", "fix": "green", "changed": "yellow"}
+        for row in s["cells"]:
+            colour = colours.get(row["change"], "")
+            change = f"[{colour}]{row['change']}[/{colour}]" if colour else row["change"]
+            table.add_row(row["cell"], row["verdict"], row["previous"] or "-", change,
+                          f"{100 * row['flake_rate']:.0f}%", "".join(SERIES.get(v, "?") for v in row["series"]))
+        console.print(table)
+        regressions = [r["cell"] for r in s["cells"] if r["change"] == "regression"]
+        fixes = [r["cell"] for r in s["cells"] if r["change"] == "fix"]
+        print(f"regressions: {', '.join(regressions) or 'none'}; fixes: {', '.join(fixes) or 'none'}")
+    return 0
+
+
 def _verify(run_dir: Path) -> int:
     from testbed.archive.store import MANIFEST, verify
 
@@ -199,6 +324,27 @@ def _verify(run_dir: Path) -> int:
     if not bad:
         print(f"{run_dir}: all files match the manifest")
     return 1 if bad else 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    from testbed.emulation.qemu import images
+
+    if args.list:
+        for image in images.list_images():
+            print(f"{image.name}\t{image.release}\tmptcp={'yes' if image.mptcp else 'no'}\t{image.kernel.parent}")
+        return 0
+    unknown = [n for n in args.names if n not in images.names()]
+    if unknown:
+        raise SpecError([Problem("images", None, None, n, f"unknown image; known: {', '.join(images.names())}")
+                         for n in unknown])
+    for name in args.names or images.names():
+        try:
+            image = images.build(name, refresh=args.refresh)
+        except images.ImageError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            return 3
+        print(f"{name}: {image.release} (mptcp={'yes' if image.mptcp else 'no'}) in {image.kernel.parent}")
+    return 0
 
 
 def _clean(force: bool) -> int:
