@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
 requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: network namespaces and veth pairs")
 OUR_LINK = re.compile(r"^tb[0-9a-f]{6}")
-OUR_PROCS = ("tcpdump", "delayline.py", "agent.py", "mnexec", "iperf3", "ping")
+OUR_PROCS = ("tcpdump", "delayline.py", "agent.py", "mangler.py", "convertd.py", "danted", "tayga", "qemu-system", "mnexec",
+             "iperf3", "ping")
 
 
 def links() -> set[str]:

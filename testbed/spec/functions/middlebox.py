@@ -62,7 +62,7 @@ class Trigger(Model):
         given = [k for k in ("bytes", "packets", "seconds") if getattr(self, k) is not None]
         if len(given) != 1:
             raise PydanticCustomError("trigger", "give exactly one of bytes, packets or seconds "
-                                                 "(for example after: bytes: 1MB)")
+                                                 "(for example after: {bytes: 1MB})")
         return self
 
     def describe(self) -> dict[str, float]:
@@ -155,11 +155,21 @@ def uses_mangler(b: Any) -> bool:
 
 
 class Middlebox(NodeBase):
-    """A forwarding node that applies `behaviours` to the TCP segments it forwards, in list order."""
+    """A forwarding node that applies `behaviours` to the TCP segments it forwards: drops first (on
+    segments as they arrived), then option stripping at handshake, then the mangler's behaviours in
+    list order."""
 
     kind: Literal["middlebox"]
     behaviours: list[Behaviour] = Field(default_factory=list, max_length=32,
                                         description="what the middlebox does to forwarded TCP segments")
+
+    @field_validator("behaviours", mode="before")
+    @classmethod
+    def _brief(cls, value: Any) -> Any:
+        """`- randomise_seq` is short for `- {action: randomise_seq}`."""
+        if isinstance(value, list):
+            return [{"action": v} if isinstance(v, str) else v for v in value]
+        return value
 
     @field_validator("behaviours")
     @classmethod
