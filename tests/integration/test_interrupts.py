@@ -66,8 +66,11 @@ def test_sigkill_then_clean_removes_exactly_ours(tmp_path, delay):
     time.sleep(delay)  # from set-up to mid-transfer: namespaces, delay lines, tcpdumps, agents
     proc.kill()
     proc.wait(timeout=10)
-    states = list(STATE_DIR.glob("*.json"))
-    assert states, "a killed run must leave a state file for 'testbed clean'"
+    # This run's state file is named after its archive (other runs may be going on beside it).
+    partial = [p for p in results.iterdir() if p.name.endswith(".partial")]
+    assert len(partial) == 1
+    states = [STATE_DIR / (partial[0].name.removeprefix(".").removesuffix(".partial") + ".json")]
+    assert states[0].exists(), "a killed run must leave a state file for 'testbed clean'"
     r = run_cli("clean", timeout=60)
     assert r.returncode == 0, r.stderr
     assert "removed" in r.stdout
