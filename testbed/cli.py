@@ -242,7 +242,7 @@ def _matrix(args: argparse.Namespace) -> int:
                           scenarios=_csv(args.scenarios), must_include=args.must_include, jobs=args.jobs,
                           reruns=args.reruns, console=console)
     cells = runner.plan()
-    runnable = sum(1 for c in cells if c.expectation.status == "run")
+    runnable = sum(1 for c in cells if c.verdict is None)
     print(f"matrix {loaded.suite.name}: {len(cells)} cells ({runnable} to run, {len(cells) - runnable} not runnable "
           f"here), --jobs {runner.jobs}, --reruns {runner.reruns}", flush=True)
     result = runner.run()

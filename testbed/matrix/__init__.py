@@ -1,0 +1,1 @@
+"""The interop matrix: implementations × scenarios, cells run as `testbed run` subprocesses."""

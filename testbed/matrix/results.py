@@ -1,0 +1,215 @@
+"""What a matrix run leaves besides its manifest: matrix.json, report.md and junit.xml.
+
+matrix.json is the one file a report generator needs: named keys everywhere (no positional
+arrays), the axes of the table, every implementation's feature set and availability, every
+scenario's requirements, and per cell its verdict, the reason, its attempts and the measured values
+behind the verdict (the checks and MPTcpExt counters of the cell run), with links (paths relative
+to the run directory) to the cell's archive, counters, per-link byte series, captures and logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.etree import ElementTree as ET
+
+MATRIX_SCHEMA = "testbed-matrix"
+MATRIX_SCHEMA_VERSION = 1
+SYMBOL = {"as-expected": "✅", "unexpected": "❌", "unsupported": "➖", "unavailable": "⛔", "flaky": "⚠️",
+          "error": "💥"}
+
+
+def _cell_files(rel: str | None, manifest: dict | None) -> dict[str, Any]:
+    if rel is None or manifest is None:
+        return {}
+    files = set(manifest.get("files", {}))
+    out: dict[str, Any] = {"archive": rel, "manifest": f"{rel}/manifest.json"}
+    for key, name in (("counters", "counters.json"), ("linkbytes", "linkbytes.json"), ("sockets", "sockets.json"),
+                      ("events", "events.json"), ("experiment", "inputs/experiment.yaml"),
+                      ("topology", "inputs/topology.yaml")):
+        if name in files:
+            out[key] = f"{rel}/{name}"
+    out["pcaps"] = {ref: f"{rel}/pcaps/{cap['file']}" for ref, cap in (manifest.get("captures") or {}).items()
+                    if isinstance(cap, dict) and cap.get("file")}
+    out["logs"] = sorted(f"{rel}/{f}" for f in files if f.startswith(("logs/", "workloads/", "functions/"))
+                         and f.endswith((".log", ".stderr", ".stdout")))
+    out["workloads"] = {f.split("/")[1]: f"{rel}/{f}" for f in sorted(files)
+                        if f.startswith("workloads/") and f.endswith("/result.json")}
+    return out
+
+
+def _measured(manifest: dict | None) -> dict[str, Any]:
+    if manifest is None:
+        return {}
+    counters = {node: {k: v for k, v in c.items() if v} for node, c in (manifest.get("counters") or {}).items()}
+    workloads = {}
+    for name, w in (manifest.get("workloads") or {}).items():
+        workloads[name] = {k: w.get(k) for k in ("type", "protocol", "ok", "intact", "is_mptcp", "goodput_bps",
+                                                  "seconds", "bytes", "error") if k in w}
+        for k in ("ttfb", "completion", "rtt"):
+            if isinstance(w.get(k), dict):
+                workloads[name][k] = w[k]
+    return {"status": manifest.get("status"), "outcome": manifest.get("outcome"), "seed": manifest.get("seed"),
+            "checks": manifest.get("checks", []), "counters": {n: c for n, c in counters.items() if c},
+            "workloads": workloads, "timing": manifest.get("timing"), "error": manifest.get("error")}
+
+
+def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]:
+    from testbed.matrix.runner import summary
+
+    suite = runner.suite
+    cells: dict[str, Any] = {}
+    changes: dict[str, str] = {}
+    for c in runner.cells:
+        final = c.final
+        entry: dict[str, Any] = {
+            "scenario": c.scenario, "client": c.client, "server": c.server, "verdict": c.verdict,
+            "reason": c.reason, "expected_outcome": c.expectation.expected_outcome,
+            "expectations": c.expectation.mode, "outcome": final.outcome if final else None,
+            "name": c.name, "timeout": c.timeout,
+            "experiment": f"inputs/cells/{c.name}.yaml" if c.yaml is not None else None,
+            "attempts": [a.as_dict() for a in c.attempts],
+            "dir": final.dir if final else None,
+            "files": _cell_files(final.dir if final else None, final.manifest if final else None),
+            "measured": _measured(final.manifest if final else None),
+        }
+        if previous is not None:
+            before = previous.get(c.key, {}).get("verdict")
+            entry["previous_verdict"] = before
+            entry["change"] = change(before, c.verdict)
+            if entry["change"] in ("regression", "fix"):
+                changes[c.key] = entry["change"]
+        cells[c.key] = entry
+    impls = {}
+    for name in dict.fromkeys([*runner.clients, *runner.servers]):
+        impl = runner.impls[name]
+        ok, why = runner.availability[name]
+        impls[name] = {"driver": impl.driver, "backend": impl.backend, "kernel": impl.kernel, "image": impl.image,
+                       "description": impl.description, "available": ok, "availability": why,
+                       "feature_set": runner.features[name].as_dict()}
+    scenarios = {}
+    for name in runner.scenarios:
+        s = runner.loaded.scenario(name)
+        facts = runner.facts[name]
+        scenarios[name] = {"description": s.description, "experiment": s.experiment,
+                           "nodes": {"client": s.client, "server": s.server}, "pin": dict(s.pin),
+                           "requires": list(s.requires), "fallback_requires": list(s.fallback_requires),
+                           "fallback": s.fallback, "requirements": facts.requirement_list(),
+                           "capabilities": {cap: {"available": runner.capabilities[cap][0],
+                                                  "why": runner.capabilities[cap][1]} for cap in facts.capabilities},
+                           "outcome": facts.outcome, "timeout": float(s.timeout or suite.timeout)}
+    m = runner.manifest
+    return {
+        "schema": MATRIX_SCHEMA, "schema_version": MATRIX_SCHEMA_VERSION,
+        "run_id": m.get("run_id"), "suite": {"name": suite.name, "description": suite.description,
+                                             "file": str(runner.loaded.path)},
+        "status": m.get("status"), "started": m.get("started"), "finished": m.get("finished"),
+        "testbed_version": m.get("testbed_version"), "git_sha": m.get("git_sha"), "host": m.get("host"),
+        "options": runner.options(),
+        "verdicts": {"as-expected": "the implementation did what its feature set and the RFC say",
+                     "unexpected": "an expectation was not met (the cell's checks say which)",
+                     "unsupported": "a side lacks a feature the scenario needs; not run",
+                     "unavailable": "an implementation or testbed capability is missing here; not run",
+                     "flaky": "reruns gave different results",
+                     "error": "the testbed failed; not the implementation's fault"},
+        "axes": {"scenarios": list(runner.scenarios), "clients": list(runner.clients),
+                 "servers": list(runner.servers)},
+        "summary": summary(runner.cells),
+        "implementations": impls, "scenarios": scenarios, "cells": cells,
+        "history": {"previous_run": (next(iter(previous.values()), {}).get("run_id") if previous else None),
+                    "regressions": sorted(k for k, v in changes.items() if v == "regression"),
+                    "fixes": sorted(k for k, v in changes.items() if v == "fix")},
+    }
+
+
+def change(before: str | None, now: str | None) -> str:
+    """regression: was as-expected, now unexpected; fix: the reverse; else same / changed / new."""
+    if before is None:
+        return "new"
+    if before == now:
+        return "same"
+    if before == "as-expected" and now == "unexpected":
+        return "regression"
+    if before == "unexpected" and now == "as-expected":
+        return "fix"
+    return "changed"
+
+
+def report_md(matrix: dict[str, Any]) -> str:
+    lines = [f"# Interop matrix: {matrix['suite']['name']}", ""]
+    if matrix["suite"].get("description"):
+        lines += [matrix["suite"]["description"], ""]
+    lines += [f"Run `{matrix['run_id']}`, status **{matrix['status']}**, {matrix['started']} → {matrix['finished']}; "
+              f"testbed {matrix['testbed_version']} ({matrix.get('git_sha') or 'no git'}), host kernel "
+              f"{(matrix.get('host') or {}).get('kernel')}.", ""]
+    lines += ["| verdict | cells |", "|---|---|"]
+    lines += [f"| {SYMBOL[v]} {v} | {n} |" for v, n in matrix["summary"].items()]
+    lines += ["", "## Implementations", "", "| implementation | driver | backend | kernel | available |",
+              "|---|---|---|---|---|"]
+    for name, impl in matrix["implementations"].items():
+        avail = "yes" if impl["available"] else f"no: {impl['availability']}"
+        lines.append(f"| {name} | {impl['driver']} | {impl['backend']} | "
+                     f"{impl['kernel'] or impl['feature_set'].get('kernel') or '-'} | {avail} |")
+    clients, servers = matrix["axes"]["clients"], matrix["axes"]["servers"]
+    for scenario in matrix["axes"]["scenarios"]:
+        info = matrix["scenarios"][scenario]
+        cells = {(c["client"], c["server"]): c for c in matrix["cells"].values() if c["scenario"] == scenario}
+        if not cells:
+            continue
+        lines += ["", f"## {scenario}", ""]
+        if info["description"]:
+            lines += [info["description"], ""]
+        lines += ["| client \\ server | " + " | ".join(servers) + " |", "|---" * (len(servers) + 1) + "|"]
+        for client in clients:
+            row = []
+            for server in servers:
+                c = cells.get((client, server))
+                if c is None:
+                    row.append("")
+                    continue
+                link = f"[{SYMBOL[c['verdict']]} {c['verdict']}]({c['dir']})" if c.get("dir") else \
+                    f"{SYMBOL[c['verdict']]} {c['verdict']}"
+                row.append(link + (f" ({c['outcome']})" if c.get("outcome") else ""))
+            lines.append(f"| **{client}** | " + " | ".join(row) + " |")
+    notable = [c for c in matrix["cells"].values() if c["verdict"] != "as-expected"]
+    if notable:
+        lines += ["", "## Cells not as expected, and why", ""]
+        for c in notable:
+            lines.append(f"- {SYMBOL[c['verdict']]} **{c['scenario']}** {c['client']} → {c['server']}: "
+                         f"{c['verdict']} — {c['reason']}")
+    h = matrix.get("history") or {}
+    if h.get("previous_run"):
+        lines += ["", f"## Since the previous run ({h['previous_run']})", "",
+                  f"- regressions: {', '.join(h['regressions']) or 'none'}",
+                  f"- fixes: {', '.join(h['fixes']) or 'none'}"]
+    return "\n".join(lines) + "\n"
+
+
+def junit_xml(matrix: dict[str, Any]) -> str:
+    """One testcase per cell: unexpected → failure, error → error, unsupported/unavailable → skipped."""
+    s = matrix["summary"]
+    suite = ET.Element("testsuite", name=f"matrix-{matrix['suite']['name']}", tests=str(len(matrix["cells"])),
+                       failures=str(s.get("unexpected", 0)), errors=str(s.get("error", 0)),
+                       skipped=str(s.get("unsupported", 0) + s.get("unavailable", 0)),
+                       timestamp=str(matrix.get("started") or ""))
+    for key, c in matrix["cells"].items():
+        seconds = sum(a.get("seconds") or 0 for a in c["attempts"])
+        case = ET.SubElement(suite, "testcase", classname=f"{matrix['suite']['name']}.{c['scenario']}",
+                             name=f"{c['client']} -> {c['server']}", time=f"{seconds:.2f}")
+        verdict = c["verdict"]
+        props = ET.SubElement(case, "properties")
+        for name, value in (("cell", key), ("verdict", verdict), ("expected_outcome", c["expected_outcome"]),
+                            ("outcome", c["outcome"]), ("attempts", len(c["attempts"])), ("dir", c["dir"])):
+            ET.SubElement(props, "property", name=name, value="" if value is None else str(value))
+        if verdict == "unexpected":
+            failed = [ch for ch in c["measured"].get("checks", []) if ch.get("verdict") == "fail"]
+            el = ET.SubElement(case, "failure", message=c["reason"][:500], type="unexpected")
+            el.text = "\n".join(f"{ch['name']}: expected {ch['expected']}, measured {ch['measured']}"
+                                for ch in failed) or c["reason"]
+        elif verdict == "error":
+            ET.SubElement(case, "error", message=c["reason"][:500], type="testbed-error").text = c["reason"]
+        elif verdict in ("unsupported", "unavailable"):
+            ET.SubElement(case, "skipped", message=f"{verdict}: {c['reason']}"[:500])
+        if verdict == "flaky":
+            ET.SubElement(case, "system-out").text = f"flaky: {c['reason']}"
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"

@@ -1,0 +1,306 @@
+"""Feature sets → expected outcome of a matrix cell; suite files; verdicts from attempts (no root)."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from testbed.errors import SpecError
+from testbed.matrix.expect import ScenarioFacts, Side, expect_cell, scenario_facts
+from testbed.matrix.features import (
+    UPSTREAM,
+    available,
+    feature_set,
+    tcp_features,
+    upstream_for_version,
+)
+from testbed.matrix.results import change
+from testbed.matrix.runner import Attempt, MatrixRunner, cell_name, combine
+from testbed.spec.load import load_experiment
+from testbed.spec.matrix import load_registry, load_suite
+from tests.conftest import ROOT
+
+SUITE = ROOT / "experiments" / "suites" / "hackathon.yaml"
+REGISTRY = ROOT / "experiments" / "implementations.yaml"
+LINE = re.compile(r"^[^:\n]+:\d+:\d+: [^:\n]*: .+$")
+
+
+def v1(name: str = "up", version: tuple[int, int] = (6, 18)) -> Side:
+    return Side(name, upstream_for_version(name, version, f"{version[0]}.{version[1]}"))
+
+
+def plain(name: str = "tcp") -> Side:
+    return Side(name, tcp_features(name))
+
+
+def v0(name: str = "mptcp-v0.92") -> Side:
+    impl = load_registry(REGISTRY).registry.implementations["mptcp-v0.92"]
+    return Side(name, feature_set(name, impl))
+
+
+def facts(outcome: str = "mptcp", **kw) -> ScenarioFacts:
+    f = ScenarioFacts("s", {"client": "client", "server": "server"}, outcome=outcome)
+    for key, value in kw.items():
+        setattr(f, key, value)
+    return f
+
+
+NO_CAPS: dict[str, tuple[bool, str]] = {}
+
+
+def test_tcp_client_against_upstream_server_falls_back():
+    e = expect_cell(facts(), plain(), v1(), NO_CAPS)
+    assert (e.status, e.expected_outcome, e.mode) == ("run", "fallback", "fallback")
+    assert "client tcp is plain TCP" in e.reason
+
+
+def test_upstream_client_against_tcp_server_falls_back():
+    e = expect_cell(facts(), v1(), plain(), NO_CAPS)
+    assert (e.status, e.expected_outcome, e.mode) == ("run", "fallback", "fallback")
+
+
+def test_v0_against_v1_falls_back_both_ways():
+    for client, server in ((v0(), v1()), (v1(), v0())):
+        e = expect_cell(facts(), client, server, NO_CAPS)
+        assert (e.status, e.expected_outcome, e.mode) == ("run", "fallback", "fallback")
+        assert "RFC 8684 §3.1" in e.reason
+
+
+def test_v0_against_tcp_falls_back_and_v0_pairs_are_unsupported():
+    assert expect_cell(facts(), v0(), plain(), NO_CAPS).expected_outcome == "fallback"
+    e = expect_cell(facts(), v0(), v0(), NO_CAPS)
+    assert e.status == "unsupported" and "RFC 6824" in e.reason
+
+
+def test_upstream_pair_takes_the_scenarios_own_outcome():
+    for outcome in ("mptcp", "fallback", None):
+        e = expect_cell(facts(outcome), v1(), v1(), NO_CAPS)
+        assert (e.status, e.expected_outcome, e.mode) == ("run", outcome, "scenario")
+
+
+def test_a_side_missing_a_required_feature_is_unsupported():
+    f = facts(requires={"client": {"syn_fallback": "required by the scenario"}, "server": {}})
+    e = expect_cell(f, v1("linux-6.1", (6, 1)), v1("host"), NO_CAPS)
+    assert e.status == "unsupported" and e.expected_outcome is None
+    assert "client linux-6.1 lacks syn_fallback" in e.reason and "6.12" in e.reason
+    # the same requirement on the other side does not matter
+    assert expect_cell(f, v1("host"), v1("linux-6.1", (6, 1)), NO_CAPS).status == "run"
+
+
+def test_feature_table_by_version():
+    assert UPSTREAM["mp_prio"].since == (5, 12) and UPSTREAM["fastclose"].since == (5, 17)
+    fs = upstream_for_version("k", (5, 15), "5.15")
+    assert {"fullmesh", "checksum", "mp_prio", "add_addr_port"} <= fs.features
+    assert "fastclose" not in fs.features and "userspace_pm" not in fs.features
+    assert fs.has("mib:MPPrioTx") and not fs.has("mib:MPJoinSynBackupRx")
+    assert not tcp_features("t").has("mptcp")
+
+
+def test_fallback_outcome_failed_for_scenarios_that_remove_the_path():
+    e = expect_cell(facts(fallback="failed"), plain(), v1(), NO_CAPS)
+    assert (e.status, e.expected_outcome, e.mode) == ("run", "failed", "fallback")
+
+
+def test_pinned_side_keeps_the_scenarios_expectations():
+    f = facts("fallback", pins={"client": "tcp"})
+    e = expect_cell(f, v1(), v1(), NO_CAPS)
+    assert (e.expected_outcome, e.mode) == ("fallback", "scenario")
+    # ... unless the unpinned side is plain TCP itself: then the generic fallback expectations
+    assert expect_cell(f, v1(), plain(), NO_CAPS).mode == "fallback"
+
+
+def test_qemu_implementations_unavailable_until_wired(monkeypatch):
+    import sys
+    import types
+
+    from testbed.matrix import features
+
+    reg = load_registry(REGISTRY)
+    impl = reg.registry.implementations["linux-6.1"]
+    monkeypatch.setattr(features, "guest_field_supported", lambda: False)
+    ok, why = available("linux-6.1", impl)
+    assert not ok and "not wired into topologies" in why
+    side = Side("linux-6.1", feature_set("linux-6.1", impl), ok, why)
+    e = expect_cell(facts(), side, v1(), NO_CAPS)
+    assert e.status == "unavailable" and "server" not in e.reason and "client linux-6.1" in e.reason
+    # no v0.92 image is shipped: unavailable whatever the backend can do
+    v0impl = reg.registry.implementations["mptcp-v0.92"]
+    ok, why = available("mptcp-v0.92", v0impl, reg.image_path("mptcp-v0.92"))
+    assert not ok and "image" in why
+    # once the backend finds a built image and experiments can place a node on a guest: available
+    fake = types.ModuleType("testbed.emulation.qemu.images")
+    fake.find = lambda name: Path(f"/cache/{name}") if name == "linux-6.1" else None  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "testbed.emulation.qemu.images", fake)
+    monkeypatch.setattr(features, "guest_field_supported", lambda: True)
+    assert available("linux-6.1", impl) == (True, "guest image /cache/linux-6.1")
+    ok, why = available("linux-6.12", reg.registry.implementations["linux-6.12"])
+    assert not ok and "no built image 'linux-6.12'" in why
+
+
+def test_debian_510_has_no_mptcp_so_it_falls_back():
+    reg = load_registry(REGISTRY)
+    fs = feature_set("linux-5.10", reg.registry.implementations["linux-5.10"])
+    assert fs.protocol is None
+    assert expect_cell(facts(), Side("linux-5.10", fs), v1(), NO_CAPS).expected_outcome == "fallback"
+
+
+def test_missing_testbed_capability_makes_cells_unavailable():
+    f = facts(capabilities=["middlebox"])
+    e = expect_cell(f, v1(), v1(), {"middlebox": (False, "no middlebox node kind")})
+    assert e.status == "unavailable" and "middlebox" in e.reason
+    assert expect_cell(f, v1(), v1(), {"middlebox": (True, "")}).status == "run"
+
+
+def test_requirements_implied_by_the_experiment():
+    suite = load_suite(SUITE)
+    loaded = load_experiment(ROOT / "experiments" / "scenarios" / "fullmesh.yaml")
+    f = scenario_facts(suite.scenario("fullmesh"), loaded)
+    assert {"fullmesh", "join", "mib:MPJoinSynTx", "mib:MPCapableSYNACKRX"} <= set(f.requires["client"])
+    assert {"signal", "mib:MPJoinAckRx"} <= set(f.requires["server"])
+    backup = scenario_facts(suite.scenario("backup-path"), load_experiment(ROOT / "experiments" / "backup-path.yaml"))
+    assert "stale_loss_cnt" in backup.requires["client"] and "mib:MPJoinSynBackupRx" in backup.requires["server"]
+    # a 6.1 server cannot show the backup-join counter the scenario checks: unsupported, not unexpected
+    e = expect_cell(backup, v1(), v1("linux-6.1", (6, 1)), NO_CAPS)
+    assert e.status == "unsupported" and "MPJoinSynBackupRx" in e.reason
+    strip = scenario_facts(suite.scenario("option-strip"), load_experiment(ROOT / "experiments" / "middlebox-strip-syn.yaml"))
+    assert "middlebox" in strip.capabilities and strip.outcome == "fallback"
+
+
+def test_the_shipped_suite_plans_every_cell_and_drops_none(tmp_path):
+    suite = load_suite(SUITE)
+    runner = MatrixRunner(suite, tmp_path)
+    cells = runner.plan()
+    impls = list(suite.registry.registry.implementations)
+    assert len(suite.suite.scenarios) >= 20
+    assert len(cells) == len(suite.suite.scenarios) * len(impls) ** 2
+    assert len({c.name for c in cells}) == len(cells)
+    for c in cells:
+        assert c.verdict in (None, "unsupported", "unavailable")
+        if c.expectation.status != "run":
+            assert c.reason
+        if not (runner.availability[c.client][0] and runner.availability[c.server][0]):
+            assert c.expectation.status == "unavailable"
+    by_key = {c.key: c for c in cells}
+    assert by_key["basic-handshake/host/host"].expectation.expected_outcome == "mptcp"
+    assert by_key["basic-handshake/tcp/host"].expectation.expected_outcome == "fallback"
+    assert by_key["fastclose/host/host"].expectation.status == "unavailable"
+    must = MatrixRunner(suite, tmp_path, must_include="tcp").plan()
+    assert must and all("tcp" in (c.client, c.server) for c in must)
+
+
+def test_cell_names_are_valid_run_names():
+    assert cell_name("basic-handshake", "linux-6.1", "tcp") == "basic-handshake--linux-6_1--tcp"
+    long = cell_name("a-very-long-scenario-name-indeed", "mptcp-v0.92", "linux-6.12")
+    assert len(long) <= 48 and re.fullmatch(r"[a-z0-9][a-z0-9_-]*", long)
+
+
+def test_verdict_from_attempts():
+    ok = Attempt(1, "as-expected", 0, 1.0, outcome="mptcp")
+    bad = Attempt(1, "unexpected", 1, 1.0, manifest={"checks": [{"name": "outcome", "expected": "mptcp",
+                                                                  "measured": "fallback", "verdict": "fail"}]})
+    err = Attempt(1, "error", None, 1.0, error="timed out")
+    assert combine([ok])[0] == "as-expected"
+    assert combine([bad, bad])[0] == "unexpected" and "measured fallback" in combine([bad])[1]
+    assert combine([bad, ok])[0] == "flaky"
+    assert combine([err, ok]) == ("as-expected", "outcome mptcp, every check passed (after 1 testbed error(s): "
+                                                 "timed out)")
+    assert combine([err]) == ("error", "timed out")
+    assert combine([])[0] == "error"
+
+
+def test_history_changes():
+    assert change("as-expected", "unexpected") == "regression"
+    assert change("unexpected", "as-expected") == "fix"
+    assert change(None, "as-expected") == "new"
+    assert change("as-expected", "flaky") == "changed"
+    assert change("error", "error") == "same"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).lstrip())
+    return p
+
+
+def test_bad_suite_files_point_at_the_line(tmp_path):
+    p = write(tmp_path, "suite.yaml", f"""
+        name: s
+        implementations: {REGISTRY}
+        scenarios:
+          - name: one
+            experiment: {ROOT}/experiments/basic-handshake.yaml
+            requires: [fulmesh]
+          - name: two
+            experiment: {ROOT}/experiments/basic-handshake.yaml
+            pin: {{client: upstream}}
+            clinet: client
+        """)
+    with pytest.raises(SpecError) as exc:
+        load_suite(p)
+    lines = [str(x) for x in exc.value.problems]
+    assert any("suite.yaml:10:" in line and "clinet" in line and "did you mean 'client'" in line for line in lines), lines
+    assert any("suite.yaml:9:" in line and "pin.client" in line for line in lines), lines
+    for line in lines:
+        assert LINE.match(line), line
+    p = write(tmp_path, "suite2.yaml", f"""
+        name: s
+        implementations: {REGISTRY}
+        scenarios:
+          - name: one
+            experiment: {ROOT}/experiments/basic-handshake.yaml
+            requires: [fulmesh]
+        """)
+    with pytest.raises(SpecError) as exc:
+        MatrixRunner(load_suite(p), tmp_path)
+    (line,) = [str(x) for x in exc.value.problems]
+    assert "suite2.yaml:6:" in line and "unknown requirement 'fulmesh'" in line and "did you mean 'fullmesh'" in line
+
+
+def test_a_missing_node_kind_excuses_an_experiment_that_does_not_load(tmp_path, monkeypatch):
+    """A scenario that needs a node kind the testbed does not have yet is listed as unavailable
+    with the reason, instead of failing the whole suite; without the requirement it is bad input."""
+    from testbed.matrix import runner as runner_mod
+
+    exp = write(tmp_path, "exp.yaml", f"""
+        name: e
+        topology: {ROOT}/topologies/dual-homed.yaml.j2
+        workloads: [{{type: bulk, size: 1MB}}]
+        expect: {{outcome: mptcp, counters: {{mb.MPTcpExtAddAddr: 0}}}}
+        """)
+    suite = write(tmp_path, "suite.yaml", f"""
+        name: s
+        implementations: {REGISTRY}
+        scenarios:
+          - name: needs-box
+            experiment: {exp}
+            requires: [middlebox]
+        """)
+    monkeypatch.setattr(runner_mod, "capability", lambda name: (False, f"the testbed has no '{name}' node kind yet"))
+    cells = MatrixRunner(load_suite(suite), tmp_path, clients=["host"], servers=["host"]).plan()
+    (cell,) = cells
+    assert cell.verdict == "unavailable" and "needs middlebox: the testbed has no 'middlebox' node kind yet" in cell.reason
+    suite.write_text(suite.read_text().replace("    requires: [middlebox]\n", ""))
+    with pytest.raises(SpecError) as exc:
+        MatrixRunner(load_suite(suite), tmp_path, clients=["host"], servers=["host"]).plan()
+    assert "no host or router named 'mb'" in str(exc.value)
+
+
+def test_fallback_requirements_still_apply_against_plain_tcp():
+    """Behind a middlebox that drops MP_CAPABLE SYNs, an MPTCP client must retry without the option
+    (6.12+) even when the server is plain TCP: a 6.1 client is unsupported there, not 'fallback'."""
+    need = {"client": {"syn_fallback": "x"}, "server": {}}
+    f = facts("fallback", requires={"client": {"syn_fallback": "x"}, "server": {}}, fallback_requires=need)
+    e = expect_cell(f, v1("linux-6.1", (6, 1)), plain(), NO_CAPS)
+    assert e.status == "unsupported" and "syn_fallback" in e.reason
+    assert expect_cell(f, v1("host"), plain(), NO_CAPS).expected_outcome == "fallback"
+    assert expect_cell(f, plain(), v1("linux-6.1", (6, 1)), NO_CAPS).expected_outcome == "fallback"
+    assert expect_cell(f, v0(), v1("host"), NO_CAPS).expected_outcome == "fallback"  # v0.9x retries too
+
+
+def test_v0_side_against_a_pinned_plain_tcp_side_falls_back():
+    f = facts("fallback", pins={"server": "tcp"})
+    e = expect_cell(f, v0(), v0(), NO_CAPS)
+    assert (e.status, e.expected_outcome, e.mode) == ("run", "fallback", "fallback")
