@@ -51,6 +51,8 @@ NETFILTERQUEUE = "netfilterqueue"
 MININET = "mininet"
 BRCTL = "bridge-utils"
 TAYGA = "tayga"
+DANTE = "danted"
+IMAGES = "guest images"
 QEMU = "qemu"
 KVM = "kvm"
 TCPDUMP = "tcpdump"
@@ -287,6 +289,23 @@ def check_tayga() -> Check:
     return _tool(TAYGA, "tayga", None, "NAT64 network function", "tayga")
 
 
+def check_dante() -> Check:
+    return _tool(DANTE, "danted", ["-v"], "SOCKS5 proxy network function", "dante-server", pattern=r"v(\d+(?:\.\d+)+)")
+
+
+def check_images() -> Check:
+    """Guest boot images already built (building needs the network and ~70 MB per kernel)."""
+    try:
+        from testbed.emulation.qemu import images
+
+        built = images.list_images()
+    except Exception as exc:  # noqa: BLE001 - a broken cache is reported, not raised
+        return Check(IMAGES, False, f"cannot read the image cache: {exc}", "guest-kernel implementations")
+    if not built:
+        return Check(IMAGES, False, "none built yet", "guest-kernel implementations until `testbed images` builds them")
+    return Check(IMAGES, True, ", ".join(f"{i.name} ({i.release}{'' if i.mptcp else ', no MPTCP'})" for i in built))
+
+
 def check_qemu() -> Check:
     return _tool(QEMU, "qemu-system-x86_64", ["--version"], "guest-kernel implementations (matrix)", "qemu-system-x86",
                  pattern=r"version (\S+)")
@@ -317,7 +336,7 @@ def check_iperf3() -> Check:
 
 def check_mptcpize() -> Check:
     return _tool(MPTCPIZE, "mptcpize", None, "running unmodified TCP tools over MPTCP (iperf3 workloads over MPTCP)",
-                 "mptcpd")
+                 "mptcpize")
 
 
 def check_ping() -> Check:
@@ -327,11 +346,11 @@ def check_ping() -> Check:
 
 PROBES: tuple[Callable[[], Check], ...] = (
     check_root, check_netns, check_mptcp, check_ip_mptcp, check_netem, check_htb, check_nftables,
-    check_nfqueue, check_netfilterqueue, check_mininet, check_brctl, check_tayga, check_qemu, check_kvm,
-    check_tcpdump, check_iperf3, check_mptcpize, check_ping,
+    check_nfqueue, check_netfilterqueue, check_mininet, check_brctl, check_tayga, check_dante, check_qemu,
+    check_kvm, check_images, check_tcpdump, check_iperf3, check_mptcpize, check_ping,
 )
 _NAMES = (ROOT, NETNS, MPTCP, IP_MPTCP, NETEM, HTB, NFTABLES, NFQUEUE, NETFILTERQUEUE, MININET, BRCTL,
-          TAYGA, QEMU, KVM, TCPDUMP, IPERF3, MPTCPIZE, PING)
+          TAYGA, DANTE, QEMU, KVM, IMAGES, TCPDUMP, IPERF3, MPTCPIZE, PING)
 
 
 def checks() -> list[Check]:
