@@ -2,7 +2,8 @@
 # Installs the Debian packages the testbed drives. Idempotent: apt runs only for what is missing.
 set -euo pipefail
 pkgs=(mininet bridge-utils net-tools iproute2 iperf3 mptcpize tcpdump nftables iptables iputils-ping
-      tayga libnetfilter-queue-dev python3-venv python3-dev gcc procps ethtool dante-server)
+      tayga libnetfilter-queue-dev python3-venv python3-dev gcc procps ethtool dante-server
+      chromium)  # chromium: the HTML report is tested in a real browser
 # QEMU guests (testbed/emulation/qemu): the emulator, busybox for their initramfs, zstd to unpack
 # 6.12 kernels, and the Debian archive key for fetching Debian kernels on Ubuntu hosts too.
 pkgs+=(qemu-system-x86 busybox-static zstd debian-archive-keyring)

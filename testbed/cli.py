@@ -257,7 +257,7 @@ def _matrix(args: argparse.Namespace) -> int:
         for c in matrix["cells"].values():
             if c["verdict"] not in ("as-expected", "unexpected"):
                 print(f"  {c['verdict']}: {c['scenario']} {c['client']} -> {c['server']}: {c['reason']}")
-    print(f"report: {result['run_dir'] / 'report.md'}")
+    print(f"report: {result['run_dir'] / 'report.html'}")
     print(f"archive: {result['run_dir']}", flush=True)
     if matrix["status"] == "interrupted":
         return 130

@@ -339,7 +339,7 @@ class MatrixRunner:
             guard.restore()
 
     def _run(self, run_dir: RunDir, runnable: list[Cell]) -> dict[str, Any]:
-        from testbed.matrix import history, results
+        from testbed.matrix import history, html, results
 
         cells_dir = run_dir.tmp / "cells"
         cells_dir.mkdir()
@@ -361,6 +361,7 @@ class MatrixRunner:
             run_dir.write_json("matrix.json", matrix)
             run_dir.write_text("report.md", results.report_md(matrix))
             run_dir.write_text("junit.xml", results.junit_xml(matrix))
+            run_dir.write_text("report.html", html.render(matrix, run_dir.tmp))
             self.manifest["summary"] = matrix["summary"]
             self.manifest["cells"] = [{"client": c.client, "server": c.server, "scenario": c.scenario,
                                        "outcome": c.final.outcome if c.final else None,

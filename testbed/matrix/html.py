@@ -1,0 +1,94 @@
+"""report.html: the client × server table per scenario, filters, links into every cell's archive,
+and per-path throughput over time for cells that moved data. A static page built from matrix.json
+and the cells' linkbytes.json alone; no network access, no external scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+VERDICT_COLOURS = {"as-expected": "#16a34a", "unexpected": "#dc2626", "flaky": "#d97706", "error": "#7c3aed",
+                   "unsupported": "#64748b", "unavailable": "#94a3b8", "planned": "#cbd5e1"}
+PATH_COLOURS = ("#2563eb", "#ea580c", "#059669", "#db2777", "#7c3aed", "#0891b2")
+
+
+def throughput_series(linkbytes: dict) -> dict[str, list[tuple[float, float]]]:
+    """Per interface, (time, Mbit/s) from consecutive byte-counter samples (rx + tx)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for ref, samples in linkbytes.get("series", {}).items():
+        points = []
+        for (t0, rx0, tx0), (t1, rx1, tx1) in zip(samples, samples[1:], strict=False):
+            if t1 > t0:
+                points.append((t1, max(0, (rx1 - rx0) + (tx1 - tx0)) * 8 / (t1 - t0) / 1e6))
+        if any(v > 0.01 for _, v in points):
+            out[ref] = points
+    # The paths are the client's interfaces; routers would only repeat them.
+    client = {ref: pts for ref, pts in out.items() if ref.startswith("client:")}
+    return client or out
+
+
+def svg_plot(series: dict[str, list[tuple[float, float]]], width: int = 520, height: int = 170) -> str:
+    """A small inline SVG line chart: one line per path, axes in seconds and Mbit/s."""
+    from markupsafe import escape
+
+    left, bottom, top, right = 44, 26, 10, 120
+    xmax = max((t for pts in series.values() for t, _ in pts), default=1.0) or 1.0
+    ymax = max((v for pts in series.values() for _, v in pts), default=1.0) or 1.0
+    ymax *= 1.1
+    pw, ph = width - left - right, height - top - bottom
+
+    def x(t: float) -> float:
+        return left + pw * t / xmax
+
+    def y(v: float) -> float:
+        return top + ph * (1 - v / ymax)
+
+    parts = [f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+             f'role="img" aria-label="throughput per path">',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#f8fafc" stroke="#cbd5e1"/>']
+    for i in range(5):
+        v = ymax * i / 4
+        parts.append(f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="10">{v:.3g}</text>')
+        t = xmax * i / 4
+        parts.append(f'<text x="{x(t):.1f}" y="{height - 12}" text-anchor="middle" font-size="10">{t:.2g}</text>')
+    parts.append(f'<text x="{left + pw / 2:.0f}" y="{height - 1}" text-anchor="middle" font-size="10">seconds</text>')
+    parts.append(f'<text x="10" y="{top + ph / 2:.0f}" font-size="10" transform="rotate(-90 10 {top + ph / 2:.0f})" '
+                 f'text-anchor="middle">Mbit/s</text>')
+    for i, (ref, pts) in enumerate(sorted(series.items())):
+        colour = PATH_COLOURS[i % len(PATH_COLOURS)]
+        line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in pts)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{line}"/>')
+        parts.append(f'<text x="{width - right + 8}" y="{top + 14 + 14 * i}" font-size="11" fill="{colour}">'
+                     f'{escape(ref)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render(matrix: dict[str, Any], run_dir: Path) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    cells = matrix["cells"].values() if isinstance(matrix["cells"], dict) else matrix["cells"]
+    scenarios: dict[str, list[dict]] = {}
+    plots: dict[str, Any] = {}
+    for cell in cells:
+        scenarios.setdefault(cell["scenario"], []).append(cell)
+        linkbytes = (cell.get("files") or {}).get("linkbytes")
+        if linkbytes and (run_dir / linkbytes).exists():
+            try:
+                series = throughput_series(json.loads((run_dir / linkbytes).read_text()))
+            except (OSError, ValueError):
+                series = {}
+            if series:
+                from markupsafe import Markup
+
+                plots[cell["name"]] = Markup(svg_plot(series))
+    clients = sorted({c["client"] for c in cells})
+    servers = sorted({c["server"] for c in cells})
+    table = {s: {(c["client"], c["server"]): c for c in lst} for s, lst in scenarios.items()}
+    return env.get_template("report.html.j2").render(
+        m=matrix, scenarios=sorted(scenarios), table=table, clients=clients, servers=servers,
+        implementations=sorted(set(clients) | set(servers)), colours=VERDICT_COLOURS, plots=plots,
+        verdicts=[v for v in VERDICT_COLOURS if any(c["verdict"] == v for c in cells)])
