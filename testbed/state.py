@@ -43,7 +43,10 @@ class RunState:
     processes: list[dict] = field(default_factory=list)  # {pid, start, netns, what}
     links: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)  # netns inodes of our nodes
+    dirs: list[str] = field(default_factory=list)  # temporary directories (a QEMU guest's sockets and logs)
     archive: str | None = None  # the run's partial archive directory, finalized by clean() if killed
+    # Processes that tear themselves down on SIGTERM (a matrix's cells): signalled and awaited first.
+    children: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.owner_start is None:
@@ -68,12 +71,21 @@ class RunState:
             self.namespaces.append(ns)
         self.save()
 
+    def add_child(self, pid: int, what: str) -> None:
+        self.children.append({"pid": pid, "start": proc_start_time(pid), "what": what})
+        self.save()
+
     def add_link(self, name: str) -> None:
         self.links.append(name)
         self.save()
 
+    def add_dir(self, path: str) -> None:
+        self.dirs.append(path)
+        self.save()
+
     def owner_alive(self) -> bool:
-        return proc_start_time(self.owner_pid) == self.owner_start
+        # A killed owner stays a zombie until its parent reaps it: that is not alive.
+        return proc_start_time(self.owner_pid) == self.owner_start and not _zombie(self.owner_pid)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -134,6 +146,12 @@ def sweep(state: RunState) -> dict[str, int]:
     for name in state.links:
         r = subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=10)
         removed_links += r.returncode == 0
+    import shutil
+    import tempfile
+
+    for path in state.dirs:  # only ever temporary directories
+        if Path(path).parent == Path(tempfile.gettempdir()):
+            shutil.rmtree(path, ignore_errors=True)
     return {"processes": len(pids), "links": removed_links}
 
 
@@ -151,12 +169,29 @@ def clean(force: bool = False) -> list[tuple[str, str]]:
         if state.owner_alive() and not force:
             results.append((state.run_id, f"still running (pid {state.owner_pid}); left alone"))
             continue
+        stop_children(state)
         counts = sweep(state)
         saved = salvage_archive(state)
         state.remove()
         results.append((state.run_id, f"removed {counts['processes']} processes, {counts['links']} links"
                         + (f"; archive kept as {saved}" if saved else "")))
     return results
+
+
+def stop_children(state: RunState, grace: float = 90.0) -> None:
+    """SIGTERM to the children still alive, then wait: each tears down and archives itself."""
+    alive = [c["pid"] for c in state.children if proc_start_time(c["pid"]) == c["start"]]
+    for pid in alive:
+        try:
+            os.killpg(pid, signal.SIGTERM)  # cells run in their own sessions
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        time.sleep(0.1)
+    kill_all(alive)
 
 
 def salvage_archive(state: RunState) -> str | None:

@@ -44,6 +44,7 @@ from testbed.matrix.expect import (
 )
 from testbed.matrix.features import GUEST_FIELD, FeatureSet, available, feature_set
 from testbed.spec.matrix import LoadedSuite, check_suite
+from testbed.state import RunState
 
 VERDICTS = ("as-expected", "unexpected", "unsupported", "unavailable", "flaky", "error")
 KILL_GRACE = 15.0  # seconds a timed-out cell gets to tear down after SIGTERM before SIGKILL
@@ -333,9 +334,15 @@ class MatrixRunner:
         self.run_dir = run_dir
         guard = _SignalForwarder(self)  # from here on a signal stops the matrix but never half-writes it
         guard.install()
+        # After a SIGKILL, 'testbed clean' stops the cells (they archive themselves) and finalizes
+        # this archive as interrupted.
+        self.state = RunState(run_dir.name, archive=str(run_dir.tmp))
         try:
+            self.state.save()
+            run_dir.write_json("manifest.json", {**self._manifest_head(run_dir), "status": "error"})
             return self._run(run_dir, runnable)
         finally:
+            self.state.remove()
             guard.restore()
 
     def _run(self, run_dir: RunDir, runnable: list[Cell]) -> dict[str, Any]:
@@ -489,6 +496,7 @@ class MatrixRunner:
             log.flush()
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
+            self.state.add_child(proc.pid, f"cell {cell.key}")
             with self.lock:
                 self.running[proc.pid] = proc
                 stopping = self.stopping

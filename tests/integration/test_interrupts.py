@@ -81,3 +81,27 @@ def test_sigkill_then_clean_removes_exactly_ours(tmp_path, delay):
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["status"] == "interrupted" and "killed" in m["error"]
     assert run_cli("verify", str(run_dir)).returncode == 0
+
+
+def test_killed_matrix_is_finished_by_clean(tmp_path):
+    """SIGKILL to a matrix mid-way: clean stops its cells (they archive themselves) and finalizes the
+    matrix archive as interrupted; nothing of it stays running."""
+    results = tmp_path / "mx"
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "matrix", str(ROOT / "experiments/suites/hackathon.yaml"),
+                             "--clients", "host,tcp", "--servers", "host", "--scenarios", "aggregate",
+                             "--jobs", "2", "--results", str(results)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(results.glob(".*/cells/.*.partial")):
+        time.sleep(0.05)  # until the cells are running
+    proc.kill()
+    proc.wait(timeout=10)
+    r = run_cli("clean", timeout=180)
+    assert r.returncode == 0, r.stderr
+    runs = [p for p in results.iterdir()]
+    assert len(runs) == 1 and not runs[0].name.endswith(".partial"), runs
+    m = json.loads((runs[0] / "manifest.json").read_text())
+    assert m["status"] == "interrupted"
+    assert run_cli("verify", str(runs[0])).returncode == 0
+    cells = [p for p in (runs[0] / "cells").iterdir()]
+    assert cells and not [c for c in cells if c.name.endswith(".partial")]
