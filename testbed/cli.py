@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from testbed.errors import CapabilityError, Problem, RunError, SpecError
+from testbed.errors import CapabilityError, Problem, RunError, SpecError, UsageError
 
 DEMO_EXPERIMENTS = ("basic-handshake", "dual-homed-join", "signal-address", "backup-path",
                     "link-failure-handover", "lossy-dual-homed", "aggregate")
@@ -61,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--last", type=_positive, default=10, help="runs the flake rate is computed over")
     h.add_argument("--results", type=Path, default=Path("results"))
     h.add_argument("--json", action="store_true", help="machine-readable output")
+    sw = sub.add_parser("sweep", help="run an experiment over combinations of parameter values")
+    sw.add_argument("experiment", type=Path)
+    sw.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2,...")
+    sw.add_argument("--repeat", type=int, default=3)
+    sw.add_argument("--metric", action="append", default=[], metavar="WORKLOAD.METRIC",
+                    help="e.g. rr-mptcp.ttfb_p95, bulk.goodput, client.MPTcpExtMPJoinSynAckRx")
+    sw.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="fixed parameters")
+    sw.add_argument("--jobs", type=int, default=1)
+    sw.add_argument("--seed", type=int, default=1)
+    sw.add_argument("--results", type=Path, default=Path("results"))
     im = sub.add_parser("images", help="build (or list) cached guest boot images for QEMU implementations")
     im.add_argument("names", nargs="*", help="e.g. linux-6.1 (default: every known image)")
     im.add_argument("--list", action="store_true", help="only list what is cached")
@@ -139,6 +149,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _matrix(args)
     if cmd == "history":
         return _history(args)
+    if cmd == "sweep":
+        return _sweep(args)
     if cmd == "images":
         return _images(args)
     if cmd == "clean":
@@ -324,6 +336,31 @@ def _verify(run_dir: Path) -> int:
     if not bad:
         print(f"{run_dir}: all files match the manifest")
     return 1 if bad else 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from testbed.sweep import Sweep, parse_vary
+
+    if args.repeat < 1 or args.jobs < 1:
+        raise UsageError("--repeat/--jobs", "", "must be at least 1")
+    if not args.metric:
+        raise UsageError("--metric", "", "name at least one metric, e.g. bulk.goodput or rr.ttfb_p95")
+    sweep = Sweep(args.experiment, parse_vary(args.vary), args.repeat, args.metric, args.results,
+                  jobs=args.jobs, seed=args.seed, sets=args.set)
+    sweep.check()
+    print(f"sweep: {len(sweep.cells)} cells ({' x '.join(str(len(v)) for v in sweep.vary.values())} "
+          f"combinations x {args.repeat} repetitions), --jobs {args.jobs}", flush=True)
+    run_dir, manifest = sweep.run()
+    for row in manifest["summary"]:
+        values = " ".join(f"{k}={v}" for k, v in row["values"].items())
+        stats = "  ".join(f"{m}: {s['mean']:.6g} ± {s['stdev']:.3g} (n={s['n']})" if s["mean"] is not None
+                          else f"{m}: —" for m, s in row["metrics"].items())
+        print(f"  {values}: {stats}")
+    print(f"plots: {run_dir / 'plots'}")
+    print(f"archive: {run_dir}")
+    if manifest["status"] == "interrupted":
+        return 130
+    return 0 if all(c["status"] == "complete" for c in manifest["cells"]) else 1
 
 
 def _images(args: argparse.Namespace) -> int:
