@@ -156,18 +156,26 @@ class Runner:
         self.manifest: dict[str, Any] = {}
         self.link_directions: dict[tuple[int, bool], Any] = {}
         self.functions: list[Any] = []
+        self.guest_images: dict[str, Any] = {}  # host → qemu Image, for hosts on QEMU guests
 
     # -- preparation that must not build anything ------------------------------------------------
     def preflight(self) -> tuple[Any, str]:
         from testbed.emulation import shaping
+        from testbed.emulation.qemu.node import guest_images
         from testbed.stacks import upstream
-        from testbed.stacks.features import detect
+        from testbed.stacks.features import detect, for_kernel
 
         if os.geteuid() != 0:
             raise CapabilityError("testbed run needs root (network namespaces): run it with sudo")
         features = detect()
+        self.guest_images = guest_images(self.res.topology)  # hosts on QEMU guests: their kernels' features
         for name, cfg in self.loaded.stacks.items():
-            upstream.check_supported(cfg, features, name)
+            image = self.guest_images.get(name)
+            if image is not None:
+                upstream.check_supported(cfg, for_kernel(image.release, image.mptcp), name,
+                                         where=f"guest image {image.name} (kernel {image.release})")
+            else:
+                upstream.check_supported(cfg, features, name)
         backend = shaping.choose_backend(None if self.shaping == "auto" else self.shaping)
         return features, backend
 
@@ -249,8 +257,11 @@ class Runner:
         from testbed.stacks import upstream
 
         self._mark("preflight")
-        self.network = Network(self.res, state, tag=run_dir.tag)
+        self.network = Network(self.res, state, tag=run_dir.tag, log_dir=run_dir.path("logs/guests/x").parent)
         self.network.start()
+        self.manifest["nodes"] = {n: self.network.node(n).describe() if n in self.network.guests
+                                  else {"backend": "netns", "kernel": self.manifest["host"]["kernel"]}
+                                  for n in self.res.l3_nodes()}
         self._mark("network")
         names = list(self.loaded.stacks)
         applied = parallel([lambda n=n: upstream.configure(self.network.node(n), n, self.loaded.stacks[n], self.res)
@@ -287,13 +298,14 @@ class Runner:
             from testbed.collect.pcap import Captures
 
             self.captures = Captures(run_dir.path("pcaps"), state)
-            targets = [(i.ref, nodes[n], i.name) for n in nodes if self.res.topology.nodes[n].kind == "host"
-                       for i in self.res.interfaces[n]]
+            targets = [(i.ref, *_capture_point(nodes[n], i.name)) for n in nodes
+                       if self.res.topology.nodes[n].kind == "host" for i in self.res.interfaces[n]]
             self.captures.start(targets)
         self._mark("metadata")
-        before = {n: counters_mod.snapshot(node.pid) for n, node in nodes.items()}
+        before = {n: counters_mod.of_node(node) for n, node in nodes.items()}
         t0 = time.monotonic()
-        refs = {i.ref: (nodes[n].pid, i.name) for n in nodes for i in self.res.interfaces[n]}
+        sources = {n: getattr(node, "read_dev", None) or node.pid for n, node in nodes.items()}  # guests: TAPs
+        refs = {i.ref: (sources[n], i.name) for n in nodes for i in self.res.interfaces[n]}
         sampler = Sampler(refs, self.exp.sample_interval, t0)
         hosts = {n: nodes[n] for n in nodes if self.res.topology.nodes[n].kind == "host"}
         sockets = SocketSampler(hosts, 1.0, t0)
@@ -312,7 +324,7 @@ class Runner:
                 self.manifest["captures"] = self.captures.stop()
                 self.captures = None
         self._mark("workloads")
-        after = {n: counters_mod.snapshot(node.pid) for n, node in nodes.items()}
+        after = {n: counters_mod.of_node(node) for n, node in nodes.items()}
         deltas = {n: counters_mod.delta(before[n], after[n]) for n in nodes}
         run_dir.write_json("counters.json", {"delta": deltas, "before": before, "after": after})
         run_dir.write_json("linkbytes.json", {"interval": self.exp.sample_interval, "columns": ["t", "rx", "tx"],
@@ -534,6 +546,12 @@ class Runner:
         state.remove()
         if errors:
             self.manifest.setdefault("teardown_errors", errors)
+
+
+def _capture_point(node: Any, intf: str) -> tuple[Any, str]:
+    """Where an interface's packets are captured: in its namespace, or a QEMU guest's on its TAP's host side."""
+    point = getattr(node, "capture_point", None)
+    return point(intf) if point is not None else (node, intf)
 
 
 def _summary(r: dict) -> dict:

@@ -6,6 +6,7 @@ so snapshots are cheap enough to take before and after every workload."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 FILES = ("netstat", "snmp")
 
@@ -40,6 +41,13 @@ def snapshot(pid: int) -> dict[str, int]:
             if len(words) == 2 and words[1].isdigit():
                 out[f"MPTCP{words[0]}"] = int(words[1])
     return out
+
+
+def of_node(node: Any) -> dict[str, int]:
+    """A node's counters: a namespace node's from /proc/<pid>/net, a QEMU guest's (a node with its own
+    `counters()`) from the guest's kernel."""
+    own = getattr(node, "counters", None)
+    return own() if callable(own) else snapshot(node.pid)
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -22,11 +23,18 @@ def read_dev(pid: int) -> dict[str, tuple[int, int]]:
     return out
 
 
-class Sampler:
-    """A thread that samples the given (node, interface) byte counters every `interval` seconds."""
+Source = int | Callable[[], dict[str, tuple[int, int]]]
 
-    def __init__(self, targets: dict[str, tuple[int, str]], interval: float, t0: float):
-        self.targets = targets  # ref "node:intf" -> (pid, intf)
+
+class Sampler:
+    """A thread that samples the given (node, interface) byte counters every `interval` seconds.
+
+    Each target's source is the pid of a process in the node's namespace, or a callable returning
+    what read_dev() would (a QEMU guest node's read_dev: its TAPs' host sides, rx and tx swapped);
+    each source is read once per sample."""
+
+    def __init__(self, targets: dict[str, tuple[Source, str]], interval: float, t0: float):
+        self.targets = targets  # ref "node:intf" -> (pid or callable, intf)
         self.interval = interval
         self.t0 = t0
         self.series: dict[str, list[tuple[float, int, int]]] = {ref: [] for ref in targets}
@@ -35,11 +43,11 @@ class Sampler:
 
     def sample(self) -> None:
         now = round(time.monotonic() - self.t0, 4)
-        by_pid: dict[int, dict[str, tuple[int, int]]] = {}
-        for ref, (pid, intf) in self.targets.items():
-            if pid not in by_pid:
-                by_pid[pid] = read_dev(pid)
-            rx, tx = by_pid[pid].get(intf, (0, 0))
+        by_source: dict[Source, dict[str, tuple[int, int]]] = {}
+        for ref, (source, intf) in self.targets.items():
+            if source not in by_source:
+                by_source[source] = source() if callable(source) else read_dev(source)
+            rx, tx = by_source[source].get(intf, (0, 0))
             self.series[ref].append((now, rx, tx))
 
     def _loop(self) -> None:

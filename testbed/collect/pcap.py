@@ -28,7 +28,8 @@ class Captures:
             proc = node.popen(["tcpdump", "-i", intf, "-w", str(path), "-s", SNAPLEN, "-U", "-n",
                                "-Z", "root", "--immediate-mode"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            self.state.add_process(proc.pid, f"tcpdump {ref}")
+            if getattr(proc, "guest_pid", None) is None:  # a guest's process: its .pid is qemu's
+                self.state.add_process(proc.pid, f"tcpdump {ref}")
             self.procs.append((ref, proc, path))
         deadline = time.monotonic() + timeout
         for ref, proc, _ in self.procs:

@@ -1,8 +1,16 @@
 """A resolved topology brought up as a Mininet network: one namespace per host/router, Linux bridges
-for switches, addresses, static and per-interface source routes."""
+for switches, addresses, static and per-interface source routes.
+
+A host with `image:` is a QEMU guest instead (testbed.emulation.qemu.node): booted while the
+namespaces are built (at most two at once), its NICs are TAP devices whose host side is moved into the
+peer's namespace under the peer's interface name, or enslaved to the switch's bridge; it is then
+configured like any node, through its `cmd`."""
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from testbed.emulation.mininet_import import mininet_modules
@@ -31,35 +39,46 @@ def route_argv(route: Route, verb: str) -> list[str]:
 
 
 class Network:
-    def __init__(self, resolved: Resolved, state: RunState, tag: str):
-        """`tag`: a short hex string unique to the run; names the root-namespace bridges."""
+    def __init__(self, resolved: Resolved, state: RunState, tag: str, log_dir: Path | None = None,
+                 pool: Any = None):
+        """`tag`: a short hex string unique to the run; names the root-namespace bridges and TAPs.
+        `log_dir`: where guests' console logs go. `pool`: a qemu.node.GuestPool to take booted guests
+        from and give them back to (default: qemu.node.POOL; None there: boot and shut down)."""
         self.resolved = resolved
         self.state = state
         self.tag = tag
+        self.log_dir = log_dir
+        self.pool = pool
         self.net: Any = None
         self.nodes: dict[str, Any] = {}
         self.bridges: dict[str, str] = {}  # switch name → bridge name in the root namespace
+        self.guests: dict[str, Any] = {}  # host name → qemu.node.GuestNode
+        self._boots: dict[str, Future] = {}
 
     def start(self) -> None:
         mn_net, mn_node, mn_nodelib = mininet_modules()
         topo = self.resolved.topology
+        for name, spec in topo.nodes.items():
+            if spec.kind == "switch":
+                self.bridges[name] = f"tb{self.tag}{len(self.bridges):02d}"
+        ports = self._switch_ports()
+        self._boot_guests(ports)  # in the background, while the namespaces are made
         self.net = mn_net.Mininet(topo=None, controller=None, build=False, autoSetMacs=False)
         for name, spec in topo.nodes.items():
             if spec.kind == "switch":
-                bridge = f"tb{self.tag}{len(self.bridges):02d}"
-                self.bridges[name] = bridge
+                bridge = self.bridges[name]
                 self.state.add_link(bridge)
                 self.nodes[name] = self.net.addSwitch(bridge, cls=mn_nodelib.LinuxBridge)
-            else:
+            elif name not in self.guests:
                 self.nodes[name] = self.net.addHost(name, cls=mn_node.Host, ip=None)
                 self.state.add_process(self.nodes[name].pid, f"shell of {name}", node_namespace=True)
-        ports: dict[str, int] = {}
         for li, link in enumerate(topo.links):
+            if any(end.node in self.guests for end in link.endpoints):
+                continue  # a guest's TAP: wired once the guest is up
             names = []
             for end in link.endpoints:
                 if end.node in self.bridges:
-                    ports[end.node] = ports.get(end.node, 0) + 1
-                    port = f"{self.bridges[end.node]}p{ports[end.node]}"
+                    port = ports[(li, end.node)]
                     self.state.add_link(port)
                     names.append(port)
                 else:
@@ -68,8 +87,134 @@ class Network:
             self.net.addLink(self.nodes[a.node], self.nodes[b.node], intfName1=names[0], intfName2=names[1])
         for name in self.bridges:
             self.nodes[name].start([])
+        self._wire_guests()
         # Each node has its own shell, so nodes are configured side by side.
         parallel([lambda n=n: self._configure(n) for n in self.resolved.l3_nodes()])
+
+    def _switch_ports(self) -> dict[tuple[int, str], str]:
+        """(link index, switch) → the switch port's name in the root namespace, counted in link order."""
+        ports: dict[tuple[int, str], str] = {}
+        count: dict[str, int] = {}
+        for li, link in enumerate(self.resolved.topology.links):
+            for end in link.endpoints:
+                if end.node in self.bridges:
+                    count[end.node] = count.get(end.node, 0) + 1
+                    ports[(li, end.node)] = f"{self.bridges[end.node]}p{count[end.node]}"
+        return ports
+
+    # -- QEMU guests ------------------------------------------------------------------------------
+    def _boot_guests(self, ports: dict[tuple[int, str], str]) -> None:
+        from testbed.emulation.qemu import node as qnode
+        from testbed.emulation.qemu.guest import Nic, random_mac
+
+        topo = self.resolved.topology
+        wanted = {n: spec for n, spec in topo.nodes.items() if spec.kind == "host" and getattr(spec, "image", None)}
+        if not wanted:
+            return
+        if self.pool is None:
+            self.pool = qnode.POOL
+        found = qnode.guest_images(topo)
+        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="guest-boot")  # 2 cores: 2 guests at once
+        taps = 0
+        for name in wanted:
+            nics = []
+            for intf in self.resolved.interfaces[name]:
+                assert intf.link is not None
+                switch = next((e.node for e in topo.links[intf.link].endpoints if e.node in self.bridges), None)
+                if switch is not None:
+                    tap = ports[(intf.link, switch)]  # named as the switch port it is
+                else:
+                    tap = f"tb{self.tag}g{taps}"
+                    taps += 1
+                nics.append(Nic(tap, random_mac(), intf.name))
+            gnode = qnode.GuestNode(name, found[name])
+            self.guests[name] = self.nodes[name] = gnode
+            self._boots[name] = executor.submit(self._boot, gnode, nics)
+        executor.shutdown(wait=False)
+
+    def _boot(self, gnode: Any, nics: list[Any]) -> None:
+        from testbed.emulation.qemu import node as qnode
+        from testbed.emulation.qemu.guest import Guest
+
+        if self.pool is not None:
+            guest = self.pool.take(gnode.image, len(nics))
+            if guest is not None:
+                gnode.guest, gnode.reused = guest, True
+                qnode.rename_nics(guest, [n.ifname for n in nics])
+                return
+        state = self.pool.state if self.pool is not None else self.state  # a pooled guest outlives the run
+        gnode.guest = Guest(f"{gnode.name}-{self.tag}", state=state, log_dir=self.log_dir)
+        gnode.guest.boot(gnode.image, nics)
+
+    def _wire_guests(self) -> None:
+        """Wait for the guests; put each TAP's host side where the link's peer is."""
+        from testbed.emulation.qemu.guest import GuestError
+        from testbed.emulation.qemu.node import HostSide, in_namespace
+
+        for name, gnode in self.guests.items():
+            try:
+                self._boots[name].result()
+            except (GuestError, OSError, ValueError) as exc:
+                raise RunError(f"{name}: the QEMU guest ({gnode.image.name}) did not boot: {exc}") from exc
+            for nic, intf in zip(gnode.guest.nics, self.resolved.interfaces[name], strict=True):
+                assert intf.link is not None
+                link = self.resolved.topology.links[intf.link]
+                switch = next((e.node for e in link.endpoints if e.node in self.bridges), None)
+                if switch is not None:
+                    argvs = [["ip", "link", "set", nic.tap, "master", self.bridges[switch]],
+                             ["ip", "link", "set", nic.tap, "up"]]
+                    side = HostSide(intf.name, nic.tap, self.nodes[switch], nic.tap, None, f"switch {switch}")
+                else:
+                    assert intf.peer is not None
+                    peer, peer_if = intf.peer
+                    pid = self.nodes[peer].pid
+                    argvs = [["ip", "link", "set", nic.tap, "netns", str(pid), "name", peer_if]]
+                    side = HostSide(intf.name, nic.tap, self.nodes[peer], peer_if, pid,
+                                    f"{self.resolved.topology.nodes[peer].kind} {peer}, as its {peer_if}")
+                for argv in argvs:
+                    r = in_namespace(None, argv)
+                    if r.returncode != 0:
+                        raise RunError(f"{name}: `{' '.join(argv)}` failed: {r.stderr.strip()}")
+                gnode.sides[intf.name] = side
+
+    def _stop_guests(self) -> list[str]:
+        """Shut the guests down (or reset them into the pool) and remove their TAPs' host sides."""
+        from testbed.emulation.qemu.node import in_namespace
+
+        errors = []
+        for name, gnode in self.guests.items():
+            boot = self._boots.get(name)
+            if boot is not None and not boot.done() and gnode.guest is not None and gnode.guest.proc is not None:
+                with contextlib.suppress(OSError):
+                    gnode.guest.proc.kill()  # cut a boot short: it then shuts itself down
+            booted = False
+            if boot is not None:
+                try:
+                    boot.result(timeout=120)
+                    booted = True
+                except Exception:  # noqa: BLE001 - reported when it happened; teardown goes on
+                    pass
+            guest = gnode.guest
+            if guest is None:
+                continue
+            keep = self.pool is not None and booted and guest.proc is not None and guest.proc.poll() is None
+            for side in gnode.sides.values():
+                if side.moved:  # back to the root namespace under its own name (the pool), or gone
+                    argv = (["ip", "link", "set", side.name, "netns", "1", "name", side.tap] if keep
+                            else ["ip", "link", "del", side.name])
+                else:
+                    argv = ["ip", "link", "set", side.tap, "nomaster"]
+                r = in_namespace(side.pid, argv)
+                if r.returncode != 0 and keep:
+                    keep = False
+                    errors.append(f"{name}: `{' '.join(argv)}`: {r.stderr.strip()}")
+            gnode.sides.clear()
+            try:
+                if not (keep and self.pool.give(guest)):
+                    guest.shutdown()
+            except Exception as exc:  # noqa: BLE001 - teardown goes on; the sweep kills qemu
+                errors.append(f"{name}: shutting the guest down: {exc}")
+        return errors
 
     def _interface_of(self, node: str, link: int) -> Interface:
         return next(i for i in self.resolved.interfaces[node] if i.link == link)
@@ -131,11 +276,17 @@ class Network:
                                     if r.interface == intf])
 
     def stop(self) -> None:
+        errors = self._stop_guests() if self.guests else []
+        self.guests = {}
         if self.net is None:
+            if errors:
+                raise RunError("; ".join(errors))
             return
         try:
             self.net.stop()
         except Exception as exc:  # noqa: BLE001 - teardown must go on; the sweep removes the rest
-            raise RunError(f"stopping Mininet: {exc}") from exc
+            raise RunError("; ".join([*errors, f"stopping Mininet: {exc}"])) from exc
         finally:
             self.net = None
+        if errors:
+            raise RunError("; ".join(errors))

@@ -20,6 +20,11 @@ Two backends:
      userspace there still count against the sending socket's TCP Small Queues budget, so local TCP
      senders are slow: the description says so.
 
+A link direction with a QEMU guest at either end (a node with ``shapes_own_links``) is shaped inside
+the guest's own kernel with netem whatever the backend: on its NIC's egress when the guest sends, on
+its ingress through an ifb device when it receives. The guest images load sch_netem, sch_htb, ifb,
+act_mirred and cls_matchall; nothing runs on the host side of its TAPs.
+
 Command construction is kept in pure functions returning argv lists so it can be checked without
 root; :class:`Shaper` runs them inside the nodes' namespaces with ``node.popen`` (not the node's shell,
 which other threads may be using). This module does not import Mininet: nodes are duck-typed
@@ -195,6 +200,16 @@ def netem_commands(ifname: str, imp: Impairment, previous_layout: str | None = N
     return commands
 
 
+def ifb_commands(ifname: str, ifb: str) -> list[list[str]]:
+    """Redirect everything `ifname` receives through the ifb device `ifb`, whose egress can then be
+    shaped like any other (ingress shaping inside a QEMU guest)."""
+    dev, out = check_ifname(ifname), check_ifname(ifb)
+    return [["ip", "link", "add", out, "type", "ifb"], ["ip", "link", "set", out, "up"],
+            ["tc", "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"],
+            ["tc", "filter", "add", "dev", dev, "parent", "ffff:", "matchall",
+             "action", "mirred", "egress", "redirect", "dev", out]]
+
+
 def fallback_rate_commands(ifname: str, rate: float, limit: int, *, root: bool = True) -> list[list[str]]:
     return htb_commands(ifname, rate, ["pfifo", "limit", str(limit)], root=root)
 
@@ -359,6 +374,7 @@ class _State:
     line: _DelayLineProc | None = None
     rule_queue: int | None = None  # fallback: the queue number the NFQUEUE rules at the site send to
     ipv6_error: str | None = None  # why the ip6tables NFQUEUE rule could not be added
+    ifb: str | None = None  # guest ingress: the ifb device its packets are redirected through
 
 
 def _where(node: Any, ifname: str | None) -> str:
@@ -405,7 +421,12 @@ class Shaper:
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = _State(index=len(self._states), label=d.label)
-        if self.backend == "netem":
+        if getattr(d.sender, "shapes_own_links", False):
+            description = self._in_guest(d, state, impairment, d.sender, d.sender_if, ingress=False)
+        elif d.receiver is not None and getattr(d.receiver, "shapes_own_links", False):
+            assert d.receiver_if is not None
+            description = self._in_guest(d, state, impairment, d.receiver, d.receiver_if, ingress=True)
+        elif self.backend == "netem":
             description = self._netem(d, state, impairment)
         else:
             description = self._fallback(d, state, impairment)
@@ -456,6 +477,34 @@ class Shaper:
                 out["jitter_model"] = JITTER_MODELS["netem"]
         if imp.loss:
             out["loss"] = f"netem on {egress}"
+        return out
+
+    def _in_guest(self, d: LinkDirection, state: _State, imp: Impairment, node: Any, ifname: str,
+                  ingress: bool) -> dict[str, Any]:
+        """netem in a QEMU guest's kernel: its egress, or its ingress through an ifb device."""
+        dev = ifname
+        if ingress:
+            if state.ifb is None:
+                ifb = f"tbifb{state.index}"
+                for argv in ifb_commands(ifname, ifb):
+                    self._run(node, argv)
+                state.ifb = ifb
+            dev = state.ifb
+        for argv in netem_commands(dev, imp, state.layout):
+            self._run(node, argv, check=argv[:3] != ["tc", "qdisc", "del"])
+        state.layout = netem_layout(imp)
+        out = self._describe(d, imp, netem_limit(imp) if state.layout else None)
+        out["backend"] = "netem (guest kernel)"
+        where = (f"{_where(node, ifname)} ingress (through {dev}) in the guest's kernel" if ingress
+                 else f"{_where(node, ifname)} egress in the guest's kernel")
+        if imp.rate:
+            out["rate"] = f"htb on {where} (netem leaf limit {out['queue']})"
+        if imp.delay:
+            out["delay"] = f"netem on {where}"
+            if imp.jitter:
+                out["jitter_model"] = JITTER_MODELS["netem"]
+        if imp.loss:
+            out["loss"] = f"netem on {where}"
         return out
 
     def _fallback(self, d: LinkDirection, state: _State, imp: Impairment) -> dict[str, Any]:

@@ -58,10 +58,34 @@ def load_experiment(path: Path, overrides: dict[str, tuple[Any, Problem]] | None
         raise SpecError([doc.problem(("topology", "file"), f"no topology file {topo_display}")])
     topo = load_topology(topo_path, params, topo_display)
     stacks = _effective_stacks(exp, topo.topology)
+    _place_guests(exp, topo, stacks, doc)
     problems = check_references(exp, topo.resolved, doc)
     if problems:
         raise SpecError(problems)
     return LoadedExperiment(path, exp, topo, stacks, text)
+
+
+def _place_guests(exp: Experiment, topo: LoadedTopology, stacks: dict[str, StackConfig], doc: Document) -> None:
+    """`stacks.<node>.guest` puts that host on a QEMU guest: the topology is re-resolved with the image."""
+    wanted = {n: cfg.guest for n, cfg in stacks.items() if cfg.guest and n in exp.stacks and exp.stacks[n].guest}
+    if not wanted:
+        return
+    nodes = dict(topo.topology.nodes)
+    problems = []
+    for name, image in wanted.items():
+        node = nodes.get(name)
+        if node is None or node.kind != "host":
+            problems.append(doc.problem(("stacks", name, "guest"), "only a host can run on a guest"))
+            continue
+        nodes[name] = node.model_copy(update={"image": image})
+    if problems:
+        raise SpecError(problems)
+    topo.topology = topo.topology.model_copy(update={"nodes": nodes})
+    try:
+        topo.resolved = resolve(topo.topology)
+    except SpecError as exc:  # e.g. an unknown image: report it where the experiment named it
+        raise SpecError([doc.problem(("stacks", name, "guest"), p.message) for p in exc.problems
+                         for name in wanted][:len(exc.problems)]) from None
 
 
 def _effective_stacks(exp: Experiment, topology: Topology) -> dict[str, StackConfig]:

@@ -52,6 +52,9 @@ class StackConfig(Model):
     endpoints: list[Endpoint] = Field(default_factory=list)
     sysctls: dict[str, str | int] = Field(default_factory=dict,
                                           description="net.mptcp.* sysctls by short name, e.g. scheduler")
+    guest: str | None = Field(None, description="run this host on a QEMU guest booted from this image (as the "
+                                                "topology's `image:`, which it overrides); how the matrix puts an "
+                                                "implementation's kernel on a node")
 
     @field_validator("sysctls")
     @classmethod

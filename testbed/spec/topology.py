@@ -6,16 +6,19 @@ Inheritance follows containerlab/netlab habits: `defaults` apply to every host a
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from testbed.spec.functions import FUNCTION_KINDS, FUNCTION_MODELS
 from testbed.spec.model import Model
 from testbed.spec.names import IfName, NodeName, RunName
 from testbed.spec.nodebase import NodeBase
+from testbed.spec.source import suggest
 from testbed.spec.units import Duration, Percent, Rate
 
 
@@ -101,8 +104,45 @@ class Link(Model):
         return value
 
 
+GUEST_IMAGE = re.compile(r"^[A-Za-z0-9_.+/-]{1,200}$")
+
+
 class Host(NodeBase):
     kind: Literal["host"]
+    image: str | None = Field(None, description="run this host on a QEMU guest booted from this kernel image "
+                                                "(linux-5.10, linux-6.1, linux-6.12, or the path of a built image "
+                                                "directory) instead of in a network namespace; its links become "
+                                                "TAP devices. Routers, switches and network functions stay "
+                                                "namespaces")
+
+    @field_validator("image")
+    @classmethod
+    def _image_name(cls, value: str | None) -> str | None:
+        if value is not None and not GUEST_IMAGE.match(value):
+            raise PydanticCustomError("image", f"'{value}' is not an image name: letters, digits, '.', '_', "
+                                               "'+', '-' (or a path made of those and '/')")
+        return value
+
+    def check(self, name: str, resolved: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        """A guest's image must be known (locations relative to this node); two guests cannot share a
+        point-to-point link (each guest NIC's host side lives with its peer: a switch or a namespace)."""
+        if self.image is None:
+            return []
+        from testbed.emulation.qemu import images  # lazily: the spec does not depend on the backend
+
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if "/" in self.image:
+            if not (Path(self.image) / images.MANIFEST).is_file():
+                problems.append((("image",), f"no built guest image in {self.image} (no {images.MANIFEST})"))
+        elif self.image not in images.names():
+            problems.append((("image",), f"unknown guest image '{self.image}'{suggest(self.image, images.names())}"
+                                         f" (known: {', '.join(images.names())})"))
+        nodes = resolved.topology.nodes
+        for intf in resolved.interfaces.get(name, []):
+            if intf.peer is not None and getattr(nodes[intf.peer[0]], "image", None):
+                problems.append((("image",), f"'{name}:{intf.name}' is linked directly to '{intf.peer[0]}', another "
+                                             "QEMU guest: connect guests through a switch or a router"))
+        return problems
 
 
 class Router(NodeBase):

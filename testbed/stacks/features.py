@@ -62,3 +62,27 @@ def detect() -> Features:
         return Features("v0.9x", release, version, frozenset(),
                         tuple(), tuple(), tuple(sorted(p.name for p in base.iterdir())))
     return Features("none", release, version)
+
+
+# What a guest kernel has, judged from its release without booting it: net.mptcp sysctls and endpoint
+# flags by the upstream release that first had them (the releases testbed/matrix/features.py cites).
+SYSCTL_SINCE: dict[str, tuple[int, int]] = {
+    "enabled": (5, 6), "add_addr_timeout": (5, 10), "checksum_enabled": (5, 14),
+    "allow_join_initial_addr_port": (5, 14), "stale_loss_cnt": (5, 15), "pm_type": (5, 19), "scheduler": (6, 6),
+    "close_timeout": (6, 8), "blackhole_timeout": (6, 12), "syn_retrans_before_tcp_fallback": (6, 12),
+    "path_manager": (6, 15),
+}
+FLAG_SINCE: dict[str, tuple[int, int]] = {"subflow": (5, 7), "signal": (5, 7), "backup": (5, 7),
+                                          "fullmesh": (5, 15), "laminar": (6, 18)}
+
+
+def for_kernel(release: str, mptcp: bool) -> Features:
+    """The feature set of another kernel (a QEMU guest's): `mptcp` says whether it was built with
+    CONFIG_MPTCP; flags are those iproute2 here knows and the release has."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if not mptcp:
+        return Features("none", release, version)
+    flags = frozenset(f for f in iproute2_endpoint_flags() if FLAG_SINCE.get(f, (99, 0)) <= version)
+    return Features("upstream", release, version, flags,
+                    sysctls=tuple(sorted(k for k, since in SYSCTL_SINCE.items() if since <= version)))

@@ -26,15 +26,21 @@ def endpoint_address(ep: Endpoint, resolved: Resolved, node: str) -> str:
     return str(resolved.interface(node, ep.interface).primary)
 
 
-def check_supported(cfg: StackConfig, features: Features, node: str) -> None:
-    """Refuse, before anything is built, what this kernel or iproute2 cannot do (exit 3)."""
+def check_supported(cfg: StackConfig, features: Features, node: str, where: str | None = None) -> None:
+    """Refuse, before anything is built, what this kernel or iproute2 cannot do (exit 3). `where` names
+    another kernel than this machine's (a QEMU guest's image), whose `features` come from its release."""
     if cfg.stack == "upstream" and features.flavour != "upstream":
+        if where is not None:
+            has = "no MPTCP (built without CONFIG_MPTCP)" if features.flavour == "none" else features.flavour
+            raise CapabilityError(f"{node}: needs upstream Linux MPTCP, but {where} has {has}: "
+                                  f"set stack: tcp for '{node}' or choose another image")
         raise CapabilityError(f"{node}: needs upstream Linux MPTCP; this kernel has {features.flavour}")
     for ep in cfg.endpoints:
         missing = [f for f in ep.flags if f not in features.endpoint_flags]
         if missing:
-            raise CapabilityError(f"{node}: endpoint flag(s) {', '.join(missing)} not supported by this "
-                                  f"kernel/iproute2 (supported: {', '.join(sorted(features.endpoint_flags))})")
+            by = f"{where} (or iproute2 here)" if where else "this kernel/iproute2"
+            raise CapabilityError(f"{node}: endpoint flag(s) {', '.join(missing)} not supported by {by} "
+                                  f"(supported: {', '.join(sorted(features.endpoint_flags))})")
     for name in cfg.sysctls:
         if name not in features.sysctls:
             raise CapabilityError(f"{node}: sysctl net.mptcp.{name} does not exist on kernel {features.kernel}")
@@ -42,6 +48,8 @@ def check_supported(cfg: StackConfig, features: Features, node: str) -> None:
 
 def configure(node: Any, name: str, cfg: StackConfig, resolved: Resolved) -> dict:
     """Apply `cfg` in the node's namespace; returns what was applied, for the manifest."""
+    if not getattr(node, "has_mptcp", True):  # a guest kernel built without MPTCP: plain TCP is all it does
+        return {"stack": cfg.stack, "sysctls": {}, "endpoints": [], "note": "kernel without MPTCP"}
     sysctls = {"net.mptcp.enabled": "0" if cfg.stack == "tcp" else "1"}
     sysctls.update({f"net.mptcp.{k}": str(v) for k, v in cfg.sysctls.items()})
     commands = [["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())]]

@@ -152,8 +152,9 @@ def _start(node: Any, argv: list[str], ctx: Context, what: str, wait_for: bytes 
            timeout: float = 10.0) -> subprocess.Popen:
     with open(ctx.log_dir / f"{what}.stderr", "wb") as log:  # the child keeps its own descriptor
         proc = node.popen(argv, stdout=subprocess.PIPE, stderr=log)
-    with _STATE_LOCK:  # concurrent workloads: RunState.save() is not thread-safe
-        ctx.state.add_process(proc.pid, what)
+    if getattr(proc, "guest_pid", None) is None:  # a QEMU guest's process: .pid is qemu's; the guest goes whole
+        with _STATE_LOCK:  # concurrent workloads: RunState.save() is not thread-safe
+            ctx.state.add_process(proc.pid, what)
     if wait_for is None:
         return proc
     found, seen = wait_for_output(proc.stdout, wait_for, timeout)

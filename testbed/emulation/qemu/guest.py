@@ -430,6 +430,8 @@ class Guest:
 
     def _start(self, image: Image, accel: str, timeout: float) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"tbq-{self.name}-"))
+        if self.state is not None and hasattr(self.state, "add_dir"):  # removed by `testbed clean` after a kill
+            self.state.add_dir(str(self.workdir))
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(self.workdir / "ctl.sock"))
         listener.listen(1)

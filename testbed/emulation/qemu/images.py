@@ -508,6 +508,15 @@ def load(name: str, cache: Path | None = None) -> Image | None:
     return image
 
 
+def find(name: str, cache: Path | None = None) -> Image | None:
+    """The built image `name` (an implementation name, or a path to an image directory), or None when
+    none is built yet. Never builds or downloads anything (see build() for that)."""
+    if "/" in name:
+        path = Path(name)
+        return load(path.name, path.parent)
+    return load(name, cache)
+
+
 def list_images(cache: Path | None = None) -> list[Image]:
     """The images in the cache (implementations without a usable cached image are left out)."""
     return [img for n in KERNELS if (img := load(n, cache)) is not None]
