@@ -35,6 +35,8 @@ def check_supported(cfg: StackConfig, features: Features, node: str, where: str 
             raise CapabilityError(f"{node}: needs upstream Linux MPTCP, but {where} has {has}: "
                                   f"set stack: tcp for '{node}' or choose another image")
         raise CapabilityError(f"{node}: needs upstream Linux MPTCP; this kernel has {features.flavour}")
+    if cfg.stack == "tcp":
+        return  # a plain-TCP node gets no endpoints, limits or MPTCP sysctls: nothing else to check
     for ep in cfg.endpoints:
         missing = [f for f in ep.flags if f not in features.endpoint_flags]
         if missing:
@@ -51,7 +53,8 @@ def configure(node: Any, name: str, cfg: StackConfig, resolved: Resolved) -> dic
     if not getattr(node, "has_mptcp", True):  # a guest kernel built without MPTCP: plain TCP is all it does
         return {"stack": cfg.stack, "sysctls": {}, "endpoints": [], "note": "kernel without MPTCP"}
     sysctls = {"net.mptcp.enabled": "0" if cfg.stack == "tcp" else "1"}
-    sysctls.update({f"net.mptcp.{k}": str(v) for k, v in cfg.sysctls.items()})
+    if cfg.stack == "upstream":  # a plain-TCP node only has MPTCP switched off
+        sysctls.update({f"net.mptcp.{k}": str(v) for k, v in cfg.sysctls.items()})
     commands = [["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())]]
     applied: dict[str, Any] = {"stack": cfg.stack, "sysctls": sysctls, "endpoints": []}
     if cfg.stack == "upstream":
