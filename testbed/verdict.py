@@ -127,6 +127,12 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
                                 "pass" if r.get("ok") else "fail"))
     checks += [_failure_check(n, r, _expected_error(m, n) or "") for n, r in m.workloads.items()
                if _expected_error(m, n) is not None]
+    for name, r in m.workloads.items():  # conformance probes judge themselves against the RFC
+        if r.get("type") == "probe" and r.get("verdict"):
+            checks.append(Check(f"probe {name}", f"{r.get('expected')}: {r.get('expected_text')}",
+                                f"{r.get('observed')}: {r.get('observed_text')}",
+                                "pass" if r["verdict"] == "as-expected" else "fail",
+                                f"{r.get('rfc')}; server speaks {r.get('speaks')}"))
     if e.outcome:
         checks.append(Check("outcome", e.outcome, measured_outcome,
                             "pass" if measured_outcome == e.outcome else "fail",

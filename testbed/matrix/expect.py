@@ -155,7 +155,7 @@ class Side:
 class Expectation:
     status: Literal["run", "unsupported", "unavailable"]
     expected_outcome: str | None  # mptcp | fallback | failed | None (the scenario sets none)
-    mode: Literal["scenario", "fallback"] | None  # which expectations the cell runs with
+    mode: Literal["scenario", "fallback", "probe"] | None  # which expectations the cell runs with
     reason: str
 
     def as_dict(self) -> dict[str, Any]:

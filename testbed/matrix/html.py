@@ -69,7 +69,7 @@ def render(matrix: dict[str, Any], run_dir: Path) -> str:
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+                             autoescape=True, undefined=jinja2.ChainableUndefined)  # cells lack what they never made
     cells = matrix["cells"].values() if isinstance(matrix["cells"], dict) else matrix["cells"]
     scenarios: dict[str, list[dict]] = {}
     plots: dict[str, Any] = {}
@@ -88,7 +88,12 @@ def render(matrix: dict[str, Any], run_dir: Path) -> str:
     clients = sorted({c["client"] for c in cells})
     servers = sorted({c["server"] for c in cells})
     table = {s: {(c["client"], c["server"]): c for c in lst} for s, lst in scenarios.items()}
+    # probe cells (client 'probe:NAME') have their own rows; the other scenarios keep every implementation's
+    kinds = {s: ((matrix.get("scenarios") or {}).get(s) or {}).get("kind") for s in scenarios}
+    probe_rows = sorted({c["client"] for s, lst in scenarios.items() if kinds[s] == "probes" for c in lst})
+    rows = {s: sorted({c["client"] for c in lst}) if kinds[s] == "probes" else
+            [c for c in clients if c not in probe_rows] for s, lst in scenarios.items()}
     return env.get_template("report.html.j2").render(
-        m=matrix, scenarios=sorted(scenarios), table=table, clients=clients, servers=servers,
+        m=matrix, scenarios=sorted(scenarios), table=table, clients=clients, rows=rows, servers=servers,
         implementations=sorted(set(clients) | set(servers)), colours=VERDICT_COLOURS, plots=plots,
         verdicts=[v for v in VERDICT_COLOURS if any(c["verdict"] == v for c in cells)])

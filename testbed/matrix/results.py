@@ -54,7 +54,9 @@ def _measured(manifest: dict | None) -> dict[str, Any]:
 
 
 def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]:
+    from testbed.matrix import probes as probe_cells
     from testbed.matrix.runner import summary
+    from testbed.spec.matrix import PROBE_SCENARIO
 
     suite = runner.suite
     cells: dict[str, Any] = {}
@@ -88,6 +90,9 @@ def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]
                        "feature_set": runner.features[name].as_dict()}
     scenarios = {}
     for name in runner.scenarios:
+        if name == PROBE_SCENARIO:
+            scenarios[name] = probe_cells.scenario_info(runner.probes, runner.loaded.probe_experiment)
+            continue
         s = runner.loaded.scenario(name)
         facts = runner.facts[name]
         scenarios[name] = {"description": s.description, "experiment": s.experiment,
@@ -112,7 +117,9 @@ def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]
                      "flaky": "reruns gave different results",
                      "error": "the testbed failed; not the implementation's fault"},
         "axes": {"scenarios": list(runner.scenarios), "clients": list(runner.clients),
-                 "servers": list(runner.servers)},
+                 "servers": list(runner.servers),
+                 "probes": [probe_cells.client_name(p) for p in runner.probes]
+                 if PROBE_SCENARIO in runner.scenarios else []},
         "summary": summary(runner.cells),
         "implementations": impls, "scenarios": scenarios, "cells": cells,
         "history": {"previous_run": (next(iter(previous.values()), {}).get("run_id") if previous else None),
@@ -159,7 +166,8 @@ def report_md(matrix: dict[str, Any]) -> str:
         if info["description"]:
             lines += [info["description"], ""]
         lines += ["| client \\ server | " + " | ".join(servers) + " |", "|---" * (len(servers) + 1) + "|"]
-        for client in clients:
+        rows = matrix["axes"].get("probes", []) if info.get("kind") == "probes" else clients
+        for client in rows:
             row = []
             for server in servers:
                 c = cells.get((client, server))

@@ -33,6 +33,7 @@ from typing import Any
 
 from testbed.archive.store import SCHEMA_VERSION, RunDir
 from testbed.errors import CapabilityError, RunError, SpecError, UsageError
+from testbed.matrix import probes as probe_cells
 from testbed.matrix.expect import (
     Expectation,
     ScenarioFacts,
@@ -43,7 +44,7 @@ from testbed.matrix.expect import (
     scenario_facts,
 )
 from testbed.matrix.features import GUEST_FIELD, FeatureSet, available, feature_set
-from testbed.spec.matrix import LoadedSuite, check_suite
+from testbed.spec.matrix import PROBE_SCENARIO, LoadedSuite, check_suite
 from testbed.state import RunState
 
 VERDICTS = ("as-expected", "unexpected", "unsupported", "unavailable", "flaky", "error")
@@ -144,13 +145,19 @@ class MatrixRunner:
         self.results = results
         self.impls = loaded.registry.registry.implementations
         every = list(self.impls)
-        self.clients = self._names("--clients", clients, self.suite.clients or every, every)
+        probe_clients = [probe_cells.client_name(p) for p in self.suite.probes]
+        # probes are clients 'probe:NAME': all of them by default, only those named when --clients is given
+        chosen = self._names("--clients", clients, [], every + probe_clients) if clients is not None else None
+        self.probes: list[str] = list(self.suite.probes) if chosen is None else \
+            [p for p in map(probe_cells.probe_of, chosen) if p]
+        impl_clients = None if chosen is None else [c for c in chosen if not probe_cells.probe_of(c)]
+        self.clients = self._names("--clients", impl_clients, self.suite.clients or every, every)
         self.servers = self._names("--servers", servers, self.suite.servers or every, every)
-        all_scenarios = [s.name for s in self.suite.scenarios]
+        all_scenarios = [s.name for s in self.suite.scenarios] + ([PROBE_SCENARIO] if self.suite.probes else [])
         self.scenarios = self._names("--scenarios", scenarios, all_scenarios, all_scenarios)
         self.must_include = must_include
         if must_include is not None:
-            self._names("--must-include", [must_include], [], list(self.impls))
+            self._names("--must-include", [must_include], [], list(self.impls) + probe_clients)
         self.jobs = max(1, jobs)
         self.reruns = max(0, reruns)
         self.console = console
@@ -189,6 +196,8 @@ class MatrixRunner:
             self.features[name] = feature_set(name, impl)
             self.availability[name] = available(name, impl, self.loaded.registry.image_path(name))
         for name in self.scenarios:
+            if name == PROBE_SCENARIO:
+                continue
             scenario = self.loaded.scenario(name)
             path = self.loaded.experiments[name]
             try:
@@ -204,6 +213,9 @@ class MatrixRunner:
                 self._capability(cap)
         cells = []
         for scenario in self.scenarios:
+            if scenario == PROBE_SCENARIO:
+                cells += self._probe_cells()
+                continue
             for client in self.clients:
                 for server in self.servers:
                     if self.must_include and self.must_include not in (client, server):
@@ -221,12 +233,39 @@ class MatrixRunner:
                 self._check_cell(c)
         return cells
 
+    def _probe_cells(self) -> list[Cell]:
+        out = []
+        for probe in self.probes:
+            client = probe_cells.client_name(probe)
+            for server in self.servers:
+                if self.must_include and self.must_include not in (client, server):
+                    continue
+                exp = probe_cells.expect_probe(probe, self._side(server))
+                out.append(Cell(PROBE_SCENARIO, client, server, exp, cell_name(PROBE_SCENARIO, client, server),
+                                float(self.suite.timeout)))
+        return out
+
     def _check_cell(self, cell: Cell) -> None:
         """Validate the cell's experiment before anything runs. A scenario whose topology refuses the
         implementation's stack on its node (e.g. a converter node must speak MPTCP) makes the cell
         `unsupported`; any other problem is the testbed's (`error`)."""
         import tempfile
 
+        if cell.scenario == PROBE_SCENARIO:
+            key = (cell.scenario, cell.client, tuple(sorted(self._probe_server_entry(cell.server).items())),
+                   cell.expectation.expected_outcome)
+            if key not in self._validated:
+                with tempfile.TemporaryDirectory(prefix="testbed-cell-") as tmp:
+                    try:
+                        self.materialize(cell, Path(tmp))
+                        self._validated[key] = []
+                    except SpecError as exc:
+                        self._validated[key] = exc.problems
+            if self._validated[key]:
+                cell.verdict, cell.reason = "error", ("the probe cell's experiment does not validate (a testbed "
+                                                      "bug): " + "; ".join(f"{p.path}: {p.message}"
+                                                                           for p in self._validated[key]))
+            return
         scenario = self.loaded.scenario(cell.scenario)
         key = (cell.scenario, self._stack(cell, "client"), self._stack(cell, "server"), cell.expectation.mode,
                cell.expectation.expected_outcome)
@@ -254,6 +293,14 @@ class MatrixRunner:
             cell.verdict, cell.reason = "error", ("the cell's experiment does not validate (a testbed bug): "
                                                   + "; ".join(f"{p.path}: {p.message}" for p in problems))
 
+    def _probe_server_entry(self, server: str) -> dict[str, Any]:
+        """The stacks entry a probe cell puts on its server node (plain TCP or upstream, maybe a guest)."""
+        impl = self.impls[server]
+        entry: dict[str, Any] = {"stack": "tcp" if self.features[server].protocol is None else "upstream"}
+        if impl.backend == "qemu":
+            entry[GUEST_FIELD] = str(self.loaded.registry.image_path(server) or impl.image or server)
+        return entry
+
     def _stack(self, cell: Cell, role: str) -> str:
         scenario = self.loaded.scenario(cell.scenario)
         pinned = scenario.pin.get(role)  # type: ignore[call-overload]
@@ -275,6 +322,8 @@ class MatrixRunner:
         from testbed.spec.source import parse_yaml, read_text
         from testbed.spec.units import parse_duration
 
+        if cell.scenario == PROBE_SCENARIO:
+            return self._probe_document(cell)
         scenario = self.loaded.scenario(cell.scenario)
         path = self.loaded.experiments[cell.scenario]
         data = parse_yaml(read_text(path), str(path)).data
@@ -306,6 +355,16 @@ class MatrixRunner:
         if own > cell.timeout - 20:
             data["timeout"] = max(10.0, cell.timeout - 20)  # the run archives itself before the hard kill
         return data
+
+    def _probe_document(self, cell: Cell) -> dict[str, Any]:
+        from testbed.spec.source import parse_yaml, read_text
+
+        path = self.loaded.probe_experiment
+        probe = probe_cells.probe_of(cell.client)
+        assert path is not None and probe is not None  # load_suite checks the file when the suite has probes
+        return probe_cells.probe_document(parse_yaml(read_text(path), str(path)).data, path, probe, cell.name,
+                                          probe_cells.speaks(self._side(cell.server)),
+                                          self._probe_server_entry(cell.server), cell.timeout)
 
     def materialize(self, cell: Cell, where: Path, check: bool = True) -> Path:
         from ruamel.yaml import YAML
@@ -414,15 +473,17 @@ class MatrixRunner:
 
     def options(self) -> dict[str, Any]:
         return {"clients": self.clients, "servers": self.servers, "scenarios": self.scenarios,
+                "probes": self.probes if PROBE_SCENARIO in self.scenarios else [],
                 "must_include": self.must_include, "jobs": self.jobs, "reruns": self.reruns}
 
     def _write_inputs(self, run_dir: RunDir) -> None:
         run_dir.write_text("inputs/suite.yaml", self.loaded.text)
         run_dir.write_text("inputs/implementations.yaml", self.loaded.registry.text)
         for name in self.scenarios:
-            path = self.loaded.experiments[name]
+            path = self.loaded.probe_experiment if name == PROBE_SCENARIO else self.loaded.experiments[name]
             with contextlib.suppress(OSError):
-                run_dir.write_text(f"inputs/scenarios/{name}.yaml", path.read_text())
+                if path is not None:
+                    run_dir.write_text(f"inputs/scenarios/{name}.yaml", path.read_text())
         (run_dir.tmp / "inputs" / "cells").mkdir(parents=True, exist_ok=True)
 
     def _schedule(self, todo: list[Cell], cells_dir: Path) -> None:
@@ -526,6 +587,8 @@ class MatrixRunner:
                     log=str(log_path.relative_to(self.run_dir.tmp)))
         if manifest is not None:
             a.status, a.outcome = manifest.get("status"), manifest.get("outcome")
+            if cell.scenario == PROBE_SCENARIO:
+                a.outcome = probe_cells.observed(manifest) or a.outcome
         tail = " | ".join(line for line in text.strip().splitlines()[-3:] if line.strip())
         if timed_out:
             a.error = f"timed out after {cell.timeout:g} s: the cell's process group was killed"

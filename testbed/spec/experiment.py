@@ -73,7 +73,21 @@ class Ping(WorkloadBase):
     interval: Duration = Field(0.05, ge=0.002)
 
 
-Workload = Annotated[Bulk | RequestResponse | Iperf3 | Ping, Field(discriminator="type")]
+ProbeName = Literal["v0-capable", "unknown-version", "join-bad-hmac", "mp-prio-address-id", "add-addr-bad-hmac"]
+
+
+class Probe(WorkloadBase):
+    """A packet-level conformance probe (testbed.probes) from the client node against the server node."""
+
+    type: Literal["probe"]
+    probe: ProbeName = Field(description="which probe (testbed/probes/conformance.py)")
+    speaks: Literal["auto", "v1", "v0", "tcp"] = Field(
+        "auto", description="what the server is expected to speak: RFC 8684 (v1), RFC 6824 (v0) or plain tcp; "
+                            "auto: read from the server node's kernel (net.mptcp sysctls)")
+    timeout: Duration = Field(30.0, gt=0)
+
+
+Workload = Annotated[Bulk | RequestResponse | Iperf3 | Ping | Probe, Field(discriminator="type")]
 
 
 class EventBase(Model):

@@ -22,6 +22,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from testbed.errors import Problem, SpecError
+from testbed.spec.experiment import ProbeName
 from testbed.spec.model import Model
 from testbed.spec.names import NodeName, RunName
 from testbed.spec.source import Document, parse_yaml, read_text, suggest, validate
@@ -31,6 +32,7 @@ IMPL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,23}$")
 KERNEL_VERSION = re.compile(r"^\d+\.\d+$")
 REQUIREMENT = re.compile(r"^(?:(client|server):)?([a-z0-9][a-z0-9_.:-]{0,47})$")
 ROLES = ("client", "server")
+PROBE_SCENARIO = "probes"  # the scenario of probe cells (client 'probe:NAME' × every server)
 
 Driver = Literal["upstream", "v0.92", "tcp"]
 Backend = Literal["netns", "qemu", "ssh"]
@@ -132,6 +134,11 @@ class Suite(Model):
     servers: list[ImplName] | None = Field(None, description="default server implementations (default: all)")
     timeout: Duration = Field(180.0, gt=0, description="default cell timeout: the cell's process group is killed")
     scenarios: list[Scenario] = Field(min_length=1)
+    probes: list[ProbeName] = Field(
+        default_factory=list, description="conformance probes (testbed/probes) run against every server "
+                                          f"implementation: the '{PROBE_SCENARIO}' scenario, client 'probe:NAME'")
+    probe_experiment: str = Field("../probes.yaml", description="experiment the probe cells are made from "
+                                                                "(its probe workloads), relative to the suite")
 
     @model_validator(mode="after")
     def _unique(self) -> Suite:
@@ -139,6 +146,12 @@ class Suite(Model):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise PydanticCustomError("names", f"scenario names must be unique: {', '.join(dup)}")
+        if self.probes and PROBE_SCENARIO in names:
+            raise PydanticCustomError("names", f"a scenario may not be called '{PROBE_SCENARIO}' when the suite "
+                                               "has probes: that is the probe cells' scenario")
+        dup = sorted({n for n in self.probes if self.probes.count(n) > 1})
+        if dup:
+            raise PydanticCustomError("probes", f"probes are listed twice: {', '.join(dup)}")
         return self
 
 
@@ -166,6 +179,7 @@ class LoadedSuite:
     text: str
     registry: LoadedRegistry
     experiments: dict[str, Path] = field(default_factory=dict)  # scenario → experiment file
+    probe_experiment: Path | None = None  # when the suite has probes
 
     def scenario(self, name: str) -> Scenario:
         return next(s for s in self.suite.scenarios if s.name == name)
@@ -206,9 +220,14 @@ def load_suite(path: Path, display: str | None = None) -> LoadedSuite:
         if not exp.is_file():
             problems.append(doc.problem(("scenarios", i, "experiment"), f"no experiment file {exp}"))
         experiments[s.name] = exp
+    probe_experiment = None
+    if suite.probes:
+        probe_experiment = path.parent / suite.probe_experiment
+        if not probe_experiment.is_file():
+            problems.append(doc.problem(("probe_experiment",), f"no experiment file {probe_experiment}"))
     if problems:
         raise SpecError(problems)
-    return LoadedSuite(path, suite, doc, text, registry, experiments)
+    return LoadedSuite(path, suite, doc, text, registry, experiments, probe_experiment)
 
 
 def split_requirement(req: str) -> tuple[str | None, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.emulation.nodeexec import wait_for_output
-from testbed.spec.experiment import Bulk, Iperf3, Ping, RequestResponse, Workload
+from testbed.spec.experiment import Bulk, Iperf3, Ping, Probe, RequestResponse, Workload
 
 AGENT = Path(__file__).with_name("agent.py")
 _STATE_LOCK = threading.Lock()
@@ -204,6 +204,10 @@ def run(w: Workload, ctx: Context) -> dict:
             result = _rr(w, ctx)
         elif isinstance(w, Iperf3):
             result = _iperf3(w, ctx)
+        elif isinstance(w, Probe):
+            from testbed.probes import driver as probe_driver  # packet-level conformance probes
+
+            result = probe_driver.run(w, ctx)
         else:
             result = _ping(w, ctx)
     except RuntimeError as exc:

@@ -175,13 +175,13 @@ def test_the_shipped_suite_plans_every_cell_and_drops_none(tmp_path):
     cells = runner.plan()
     impls = list(suite.registry.registry.implementations)
     assert len(suite.suite.scenarios) >= 20
-    assert len(cells) == len(suite.suite.scenarios) * len(impls) ** 2
+    assert len(cells) == len(suite.suite.scenarios) * len(impls) ** 2 + len(suite.suite.probes) * len(impls)
     assert len({c.name for c in cells}) == len(cells)
     for c in cells:
         assert c.verdict in (None, "unsupported", "unavailable")
         if c.expectation.status != "run":
             assert c.reason
-        if not (runner.availability[c.client][0] and runner.availability[c.server][0]):
+        if not (runner.availability.get(c.client, (True, ""))[0] and runner.availability[c.server][0]):  # probe:*
             assert c.expectation.status == "unavailable"
     by_key = {c.key: c for c in cells}
     assert by_key["basic-handshake/host/host"].expectation.expected_outcome == "mptcp"
@@ -304,3 +304,17 @@ def test_v0_side_against_a_pinned_plain_tcp_side_falls_back():
     f = facts("fallback", pins={"server": "tcp"})
     e = expect_cell(f, v0(), v0(), NO_CAPS)
     assert (e.status, e.expected_outcome, e.mode) == ("run", "fallback", "fallback")
+
+
+def test_report_html_renders_cells_that_made_nothing():
+    """An interrupted or erroring cell has no counters, captures or outcome: the page still renders."""
+    from pathlib import Path
+
+    from testbed.matrix.html import render
+
+    matrix = {"suite": "s", "run_id": "r", "status": "interrupted", "started": "t", "testbed_version": "0",
+              "git_sha": None, "summary": {"error": 1},
+              "cells": {"x": {"scenario": "basic", "client": "host", "server": "tcp", "verdict": "error",
+                              "name": "basic--host--tcp", "files": {"archive": "cells/x"}, "attempts": [{}]}}}
+    html = render(matrix, Path("/nonexistent"))
+    assert 'data-verdict="error"' in html and "manifest</a>" not in html
