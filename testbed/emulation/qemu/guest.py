@@ -53,6 +53,36 @@ from testbed.emulation.qemu.images import Image
 
 QEMU = "qemu-system-x86_64"
 GUESTD = Path(__file__).resolve().with_name("guestd.py")
+# The guest mounts fresh filesystems over these host directories: code that lives under one of
+# them (a checkout or venv in /tmp, as CI clones may be) is made visible again after boot.
+MASKED = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/dev"))
+RUNTIME_DIR = Path(os.environ.get("TESTBED_IMAGE_CACHE", "/var/cache/testbed/images")).parent / "runtime"
+
+
+def _masked(path: Path) -> bool:
+    return any(path == m or m in path.parents for m in MASKED)
+
+
+def guestd_path() -> Path:
+    """guestd.py where the guest can see it at boot (before anything is bound into place)."""
+    if not _masked(GUESTD):
+        return GUESTD
+    RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
+    copy = RUNTIME_DIR / "guestd.py"
+    data = GUESTD.read_bytes()
+    if not copy.exists() or copy.read_bytes() != data:
+        tmp = copy.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, copy)
+    return copy
+
+
+def code_roots() -> list[Path]:
+    """The testbed checkout and the Python environment the guest runs host commands from."""
+    import sys
+
+    roots = {Path(__file__).resolve().parents[3], Path(sys.prefix).resolve(), Path(sys.executable).parent}
+    return sorted(r for r in roots if _masked(r))
 PORT_NAME = "testbed.ctl"
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -364,6 +394,7 @@ class Guest:
             if accel == "tcg":
                 self._start(image, "tcg", timeout)
             self.boot_seconds = round(time.monotonic() - started, 3)
+            self._bind_code_roots()
             self._after_boot()
             self.ready_seconds = round(time.monotonic() - started, 3)
         except BaseException:
@@ -409,9 +440,25 @@ class Guest:
                 self.state.add_link(nic.tap)
             subprocess.run(["ip", "link", "set", nic.tap, "up"], capture_output=True, timeout=10, check=True)
 
+    def _bind_code_roots(self) -> None:
+        """A second read-only mount of the host root, and the checkout/venv bound back into place."""
+        roots = code_roots()
+        if not roots:
+            return
+        mnt = "/run/tb-hostroot"
+        rc, out = self.run(["/bin/sh", "-c", f"mkdir -p {mnt} && mount -t 9p -o trans=virtio,version=9p2000.L,ro "
+                            f"hostroot {mnt}"], timeout=20)
+        if rc != 0:
+            raise GuestError(f"{self.name}: cannot mount the host root a second time: {out.strip()[-300:]}")
+        for root in roots:
+            rc, out = self.run(["/bin/sh", "-c", 'mkdir -p "$1" && mount --bind "$2$1" "$1"', "sh", str(root), mnt],
+                               timeout=20)
+            if rc != 0:
+                raise GuestError(f"{self.name}: cannot make {root} visible in the guest: {out.strip()[-300:]}")
+
     def qemu_argv(self, image: Image, accel: str, workdir: Path) -> list[str]:
         cmdline = ["console=ttyS0", "panic=-1", "quiet", "loglevel=4", "random.trust_cpu=on",
-                   f"tb_guestd={GUESTD}", f"tb_python={self.python}", f"tb_hostname={self.name}",
+                   f"tb_guestd={guestd_path()}", f"tb_python={self.python}", f"tb_hostname={self.name}",
                    *self.extra_cmdline]
         argv = [QEMU, "-name", f"testbed-{self.name}", "-accel", accel,
                 "-cpu", "host" if accel == "kvm" else "max", "-M", "pc", "-m", str(self.mem_mb),
