@@ -441,15 +441,15 @@ class Guest:
             subprocess.run(["ip", "link", "set", nic.tap, "up"], capture_output=True, timeout=10, check=True)
 
     def _bind_code_roots(self) -> None:
-        """A second read-only mount of the host root, and the checkout/venv bound back into place."""
+        """The host root seen again without the guest's own mounts over it (a non-recursive bind of the
+        9p root), and the checkout/venv bound back into place from there."""
         roots = code_roots()
         if not roots:
             return
         mnt = "/run/tb-hostroot"
-        rc, out = self.run(["/bin/sh", "-c", f"mkdir -p {mnt} && mount -t 9p -o trans=virtio,version=9p2000.L,ro "
-                            f"hostroot {mnt}"], timeout=20)
+        rc, out = self.run(["/bin/sh", "-c", f"mkdir -p {mnt} && mount --bind / {mnt}"], timeout=20)
         if rc != 0:
-            raise GuestError(f"{self.name}: cannot mount the host root a second time: {out.strip()[-300:]}")
+            raise GuestError(f"{self.name}: cannot bind the host root a second time: {out.strip()[-300:]}")
         for root in roots:
             rc, out = self.run(["/bin/sh", "-c", 'mkdir -p "$1" && mount --bind "$2$1" "$1"', "sh", str(root), mnt],
                                timeout=20)
