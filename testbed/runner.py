@@ -240,6 +240,8 @@ class Runner:
             self._mark("teardown")
             self.manifest["finished"] = _now()
             final = self._finalize(run_dir)
+        if self.manifest["status"] == "error" and exit_code == 0:
+            exit_code = 1  # e.g. the disk filled up while the archive was being written
         return RunResult(final, self.manifest, exit_code, checks)
 
     # -- the run itself ---------------------------------------------------------------------------
