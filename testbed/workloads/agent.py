@@ -792,7 +792,8 @@ def run_bulk_server(args: argparse.Namespace) -> dict[str, object]:
             # Hash the stream before listening: neither the transfer nor its end waits on it.
             expected = stream_digest(args.seed, args.size)
             result["sha256"] = expected
-        lsock, meta = listen_socket(args.bind, args.port, args.protocol, backlog=1)
+        # Backlog > 1: an MP_JOIN SYN that arrives before accept() would otherwise find the queue full.
+        lsock, meta = listen_socket(args.bind, args.port, args.protocol, backlog=16)
         _meta_into(result, meta)
         say_ready()
         deadline.apply(lsock)
