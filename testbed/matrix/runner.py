@@ -245,30 +245,10 @@ class MatrixRunner:
                                 float(self.suite.timeout)))
         return out
 
-    def _check_cell(self, cell: Cell) -> None:
-        """Validate the cell's experiment before anything runs. A scenario whose topology refuses the
-        implementation's stack on its node (e.g. a converter node must speak MPTCP) makes the cell
-        `unsupported`; any other problem is the testbed's (`error`)."""
+    def _validate_once(self, key: tuple, cell: Cell) -> list:
+        """Materialize and load the cell's experiment once per distinct key; the problems, if any."""
         import tempfile
 
-        if cell.scenario == PROBE_SCENARIO:
-            key = (cell.scenario, cell.client, tuple(sorted(self._probe_server_entry(cell.server).items())),
-                   cell.expectation.expected_outcome)
-            if key not in self._validated:
-                with tempfile.TemporaryDirectory(prefix="testbed-cell-") as tmp:
-                    try:
-                        self.materialize(cell, Path(tmp))
-                        self._validated[key] = []
-                    except SpecError as exc:
-                        self._validated[key] = exc.problems
-            if self._validated[key]:
-                cell.verdict, cell.reason = "error", ("the probe cell's experiment does not validate (a testbed "
-                                                      "bug): " + "; ".join(f"{p.path}: {p.message}"
-                                                                           for p in self._validated[key]))
-            return
-        scenario = self.loaded.scenario(cell.scenario)
-        key = (cell.scenario, self._stack(cell, "client"), self._stack(cell, "server"), cell.expectation.mode,
-               cell.expectation.expected_outcome)
         if key not in self._validated:
             with tempfile.TemporaryDirectory(prefix="testbed-cell-") as tmp:
                 try:
@@ -276,7 +256,26 @@ class MatrixRunner:
                     self._validated[key] = []
                 except SpecError as exc:
                     self._validated[key] = exc.problems
-        problems = self._validated[key]
+        return self._validated[key]
+
+    def _check_cell(self, cell: Cell) -> None:
+        """Validate the cell's experiment before anything runs. A scenario whose topology refuses the
+        implementation's stack on its node (e.g. a converter node must speak MPTCP) makes the cell
+        `unsupported`; any other problem is the testbed's (`error`)."""
+
+        if cell.scenario == PROBE_SCENARIO:
+            key = (cell.scenario, cell.client, tuple(sorted(self._probe_server_entry(cell.server).items())),
+                   cell.expectation.expected_outcome)
+            problems = self._validate_once(key, cell)
+            if problems:
+                cell.verdict, cell.reason = "error", ("the probe cell's experiment does not validate (a testbed "
+                                                      "bug): " + "; ".join(f"{p.path}: {p.message}"
+                                                                           for p in problems))
+            return
+        scenario = self.loaded.scenario(cell.scenario)
+        key = (cell.scenario, self._stack(cell, "client"), self._stack(cell, "server"), cell.expectation.mode,
+               cell.expectation.expected_outcome)
+        problems = self._validate_once(key, cell)
         if not problems:
             return
         stack_paths = {f"stacks.{scenario.client}.stack": "client", f"stacks.{scenario.server}.stack": "server"}
