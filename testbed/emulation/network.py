@@ -43,7 +43,8 @@ class Network:
                  pool: Any = None):
         """`tag`: a short hex string unique to the run; names the root-namespace bridges and TAPs.
         `log_dir`: where guests' console logs go. `pool`: a qemu.node.GuestPool to take booted guests
-        from and give them back to (default: qemu.node.POOL; None there: boot and shut down)."""
+        from and give them back to (default: qemu.node.POOL, else the guests a parent process lent
+        through the environment (qemu.node.LentGuests); neither: boot and shut down)."""
         self.resolved = resolved
         self.state = state
         self.tag = tag
@@ -111,8 +112,8 @@ class Network:
         wanted = {n: spec for n, spec in topo.nodes.items() if spec.kind == "host" and getattr(spec, "image", None)}
         if not wanted:
             return
-        if self.pool is None:
-            self.pool = qnode.POOL
+        if self.pool is None:  # a long-lived process's pool, or the guests a matrix lent this cell
+            self.pool = qnode.POOL or qnode.lent_guests_from_environment()
         found = qnode.guest_images(topo)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="guest-boot")  # 2 cores: 2 guests at once
         taps = 0
@@ -142,7 +143,9 @@ class Network:
                 gnode.guest, gnode.reused = guest, True
                 qnode.rename_nics(guest, [n.ifname for n in nics])
                 return
-        state = self.pool.state if self.pool is not None else self.state  # a pooled guest outlives the run
+        # A guest the pool will keep outlives the run: the pool's process records it, not the run.
+        keeps = self.pool is not None and getattr(self.pool, "keeps_new_guests", True)
+        state = self.pool.state if keeps else self.state
         gnode.guest = Guest(f"{gnode.name}-{self.tag}", state=state, log_dir=self.log_dir)
         gnode.guest.boot(gnode.image, nics)
 

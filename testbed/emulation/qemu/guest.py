@@ -13,6 +13,11 @@ tc, nstat, the workload agent) is the host's own binary on the guest's kernel.
     guest.reset()           # back to the state right after boot, for the next cell
     guest.shutdown()        # poweroff, then kill; TAPs removed
 
+A booted guest can be lent to another process (a matrix cell runs as a `testbed run` subprocess):
+``lease = guest.detach()`` stops reading the control channel and describes the guest (its socket's
+descriptor included); the borrower, given that descriptor, calls ``Guest.attach(lease)``, drives the
+guest, and detaches it again before it exits; the lender then calls ``guest.resume()``.
+
 KVM is used when it really boots this kernel (tried once per host boot and kernel, remembered in
 the image cache); otherwise TCG. Each NIC is a TAP device made here (``ip tuntap add``) and removed
 on shutdown; the caller puts it on a bridge. The qemu process and the TAPs are recorded in the
@@ -33,6 +38,7 @@ import itertools
 import json
 import os
 import queue
+import random
 import re
 import select
 import shlex
@@ -84,6 +90,7 @@ def code_roots() -> list[Path]:
     roots = {Path(__file__).resolve().parents[3], Path(sys.prefix).resolve(), Path(sys.executable).parent}
     return sorted(r for r in roots if _masked(r))
 PORT_NAME = "testbed.ctl"
+_BATCH_TOKEN = re.compile(r"^[A-Za-z0-9_.:/+=@%,-]+$")  # an argument `ip -batch` reads back unchanged
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+/-]+$")
@@ -303,6 +310,44 @@ class _Pending:
         self.reply: dict | None = None
 
 
+class _BorrowedQemu:
+    """The qemu process of a guest lent by another process: not our child, so polled through /proc.
+    Shaped like the part of subprocess.Popen that Guest uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._start = _start_time(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and (self._start is None or _start_time(self.pid) != self._start):
+            self.returncode = -signal.SIGKILL  # gone (or its pid reused): its exit status is its parent's
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(["qemu"], timeout or 0)
+            time.sleep(0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (field 22 of /proc/PID/stat), None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
 # ---------------------------------------------------------------------------------------- guest
 
 
@@ -342,7 +387,9 @@ class Guest:
         self._taps: list[str] = []
         self._sock: socket.socket | None = None
         self._wlock = threading.Lock()
-        self._ids = itertools.count(1)
+        # Request ids start at random so that a late answer to a borrower's request cannot be taken
+        # for the answer to one of ours.
+        self._ids = itertools.count(random.randrange(1, 1 << 40))
         self._pending: dict[int, _Pending] = {}
         self._procs: dict[int, GuestProcess] = {}
         self._early: dict[int, list[dict]] = {}  # events of a process not registered yet
@@ -350,8 +397,11 @@ class Guest:
         self._hello: dict | None = None
         self._hello_event = threading.Event()
         self._reader: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None  # a pipe that tells the reader to stop (detach)
+        self._detaching = False
         self._dead = False
         self._mptcp_limits: list[str] | None = None
+        self.spare_nics: list[Nic] = []  # a borrowed guest's NICs the borrower's topology does not use
 
     # --------------------------------------------------------------------------------- boot
     @property
@@ -460,7 +510,9 @@ class Guest:
         cmdline = ["console=ttyS0", "panic=-1", "quiet", "loglevel=4", "random.trust_cpu=on",
                    f"tb_guestd={guestd_path()}", f"tb_python={self.python}", f"tb_hostname={self.name}",
                    *self.extra_cmdline]
-        argv = [QEMU, "-name", f"testbed-{self.name}", "-accel", accel,
+        # TCG's translation cache defaults to 1 GiB and a guest that runs cells fills it: 256 MB holds
+        # what a cell runs (the guest kernel's network paths and the host's python/iproute2).
+        argv = [QEMU, "-name", f"testbed-{self.name}", "-accel", "tcg,tb-size=256" if accel == "tcg" else accel,
                 "-cpu", "host" if accel == "kvm" else "max", "-M", "pc", "-m", str(self.mem_mb),
                 "-smp", str(self.smp), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                 "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", " ".join(cmdline),
@@ -501,8 +553,7 @@ class Guest:
             listener.close()
         self._sock.setblocking(True)
         self._hello_event.clear()
-        self._reader = threading.Thread(target=self._read_loop, name=f"guest-{self.name}", daemon=True)
-        self._reader.start()
+        self._start_reader()
         while not self._hello_event.wait(0.05):
             if self.proc.poll() is not None or self._dead or time.monotonic() > deadline:
                 why = "qemu exited" if self.proc.poll() is not None else f"no answer within {timeout:g} s"
@@ -527,6 +578,9 @@ class Guest:
         if self.image is not None and self.image.mptcp:
             rc, out = self.run(["ip", "mptcp", "limits", "show"])
             self._mptcp_limits = out.split() if rc == 0 else None
+            if self.image.mptcp_counters is None:  # what this kernel counts, for the matrix's feature sets
+                self.image.record_counters(k.removeprefix("MPTcpExt") for k in self.counters()
+                                           if k.startswith("MPTcpExt"))
 
     def _failure(self, what: str) -> str:
         tail = ""
@@ -539,12 +593,35 @@ class Guest:
         return f"{self.name}: {what}{tail}"
 
     # ------------------------------------------------------------------------------ channel
+    def _start_reader(self) -> None:
+        self._wake = os.pipe()
+        self._detaching = False
+        self._reader = threading.Thread(target=self._read_loop, name=f"guest-{self.name}", daemon=True)
+        self._reader.start()
+
+    def _stop_reader(self) -> None:
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake[1], b"x")
+        if self._reader is not None:
+            self._reader.join(5)
+        if self._wake is not None:
+            for fd in self._wake:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._reader = self._wake = None
+
     def _read_loop(self) -> None:
-        assert self._sock is not None
+        assert self._sock is not None and self._wake is not None
         buf = b""
-        sock = self._sock
+        sock, wake = self._sock, self._wake[0]
         try:
             while True:
+                ready, _, _ = select.select([sock, wake], [], [])
+                if wake in ready and self._detaching:
+                    return  # lent to another process: the channel is its to read now
+                if sock not in ready:
+                    continue
                 chunk = sock.recv(1 << 16)
                 if not chunk:
                     break
@@ -553,7 +630,7 @@ class Guest:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip():
                         self._dispatch(line)
-        except OSError:
+        except (OSError, ValueError):
             pass
         self._dead = True
         for pending in list(self._pending.values()):
@@ -642,6 +719,55 @@ class Guest:
             raise GuestError(f"{self.name}: `{shlex.join(failed)}` failed: {results[-1][1].strip()[:400]}")
         return results
 
+    def run_tools(self, commands: Sequence[Sequence[str]], optional: Sequence[bool] | None = None) -> list[str]:
+        """Several commands in one round trip, and as few processes as possible: a run of consecutive
+        `ip` (or `tc`) commands with the same global options goes through one `-batch` file.
+        `optional[i]`: command i may fail. Raises GuestError naming the first required command that
+        failed; returns the errors of optional ones that failed."""
+        optional = list(optional) if optional is not None else [False] * len(commands)
+        groups: list[tuple[list[str] | None, list[int]]] = []  # (the batch's argv prefix or None, indices)
+        for i, argv in enumerate(commands):
+            flags = list(itertools.takewhile(lambda a: a.startswith("-"), argv[1:]))
+            batchable = argv[0] in ("ip", "tc") and len(argv) > 1 + len(flags) and all(
+                _BATCH_TOKEN.match(a) for a in argv)
+            prefix = [argv[0], *flags] if batchable else None
+            if prefix is not None and groups and groups[-1][0] == prefix:
+                groups[-1][1].append(i)
+            else:
+                groups.append((prefix, [i]))
+        requests: list[list[str]] = []
+        for n, (prefix, members) in enumerate(groups):
+            if prefix is None or len(members) == 1:
+                requests.append(list(commands[members[0]]))
+                continue
+            path = f"/run/tb-batch.{os.getpid()}.{threading.get_ident()}.{n}"
+            lines = [" ".join(list(commands[i])[len(prefix):]) for i in members]
+            self.write_file(path, ("\n".join(lines) + "\n").encode())
+            requests.append([*prefix, "-force", "-batch", path])
+        results = self._batch(requests, stop_on_error=False)
+        errors: list[str] = []
+        for (_, members), (rc, out) in zip(groups, results, strict=True):
+            if rc == 0:
+                continue
+            if len(members) == 1:
+                failed = {members[0]: out.strip()}
+            else:  # `Command failed FILE:LINE` after each failing line's error
+                failed, text = {}, ""
+                for line in out.splitlines():
+                    m = re.match(r"Command failed \S+:(\d+)", line)
+                    if m:
+                        failed[members[int(m.group(1)) - 1]] = text.strip() or line
+                        text = ""
+                    else:
+                        text += line + "\n"
+                if not failed:
+                    failed = {members[0]: out.strip()}
+            for i, why in sorted(failed.items()):
+                if not optional[i]:
+                    raise GuestError(f"{self.name}: `{shlex.join(commands[i])}` failed: {why[:400]}")
+                errors.append(why)
+        return errors
+
     def cmd(self, line: str) -> str:
         """A shell line's output (like a Mininet node's cmd(), so nodeexec.run() works on a guest)."""
         return self.run(["sh", "-c", line], timeout=300)[1]
@@ -727,35 +853,120 @@ class Guest:
 
     # ------------------------------------------------------------------------------ reuse
     def reset(self) -> dict:
-        """Back to the state right after boot, for the next cell: processes killed; on every NIC qdiscs
-        removed, addresses flushed, MTU 1500, link down; routes (all tables but local), rules and
-        neighbours flushed; nftables ruleset flushed; MPTCP endpoints flushed and limits restored;
-        every net.* sysctl written since boot restored. Returns what was done."""
+        """Back to the state right after boot, for the next cell: processes killed; ifb devices deleted;
+        on every NIC qdiscs removed, addresses flushed, MTU 1500, link down; routes (all tables but
+        local), rules and neighbours flushed; nftables ruleset flushed; MPTCP endpoints flushed and
+        limits restored; every net.* sysctl written since boot restored. Returns what was done.
+
+        Every process costs tens of milliseconds in a TCG guest, so the changes go through three
+        batch files (tc, ip -4, ip -6) rather than a command each."""
         done: dict[str, Any] = {"killed": self._request("killall", wait=30)["killed"]}
-        commands: list[list[str]] = []
+        listing = self._batch([["ip", "-j", "link", "show", "type", "ifb"],
+                               ["ip", "-j", "-4", "route", "show", "table", "all"],
+                               ["ip", "-j", "-6", "route", "show", "table", "all"]], stop_on_error=False)
+        ifbs, v4, v6 = ([r for r in _json_list(out)] if rc == 0 else [] for rc, out in listing)
+        tc = [f"qdisc del dev {i} {where}" for i in self.interfaces for where in ("root", "ingress")]
+        ip4 = [f"link del {link['ifname']}" for link in ifbs if "ifname" in link]
         for ifname in self.interfaces:
-            commands += [["tc", "qdisc", "del", "dev", ifname, "root"],
-                         ["tc", "qdisc", "del", "dev", ifname, "ingress"],
-                         ["ip", "addr", "flush", "dev", ifname], ["ip", "link", "set", ifname, "down"],
-                         ["ip", "link", "set", ifname, "mtu", "1500"]]
-        for family in ("-4", "-6"):
-            rc, out = self.run(["ip", "-j", family, "route", "show", "table", "all"])
-            tables = {str(r.get("table", "main")) for r in _json_list(out)} if rc == 0 else {"main"}
-            commands += [["ip", family, "route", "flush", "table", t] for t in sorted(tables - {"local"})]
-            commands += [["ip", family, "rule", "flush"], ["ip", family, "rule", "add", "priority", "32766",
-                                                          "table", "main"]]
-            if family == "-4":
-                commands.append(["ip", family, "rule", "add", "priority", "32767", "table", "default"])
-        commands += [["ip", "neigh", "flush", "all"], ["nft", "flush", "ruleset"]]
+            ip4 += [f"addr flush dev {ifname}", f"link set {ifname} down", f"link set {ifname} mtu 1500"]
+        ip6: list[str] = []
+        for lines, routes in ((ip4, v4), (ip6, v6)):
+            tables = {str(r.get("table", "main")) for r in routes} | {"main"}
+            lines += [f"route flush table {t}" for t in sorted(tables - {"local"})]
+            lines += ["rule flush", "rule add priority 32766 table main"]
+        ip4 += ["rule add priority 32767 table default", "neigh flush all"]
         if self.image is not None and self.image.mptcp:
-            commands.append(["ip", "mptcp", "endpoint", "flush"])
+            ip4.append("mptcp endpoint flush")
             if self._mptcp_limits:
-                commands.append(["ip", "mptcp", "limits", "set", *self._mptcp_limits])
-        results = self._batch(commands, stop_on_error=False)
-        done["commands"] = len(results)
+                ip4.append("mptcp limits set " + " ".join(self._mptcp_limits))
+        commands: list[list[str]] = []
+        for name, lines, argv in (("tc", tc, ["tc", "-force", "-batch"]), ("ip4", ip4, ["ip", "-4", "-force", "-batch"]),
+                                  ("ip6", ip6, ["ip", "-6", "-force", "-batch"])):
+            path = f"/run/tb-reset.{name}"
+            self.write_file(path, ("\n".join(lines) + "\n").encode())
+            commands.append([*argv, path])
+        commands.append(["nft", "flush", "ruleset"])
+        self._batch(commands, stop_on_error=False)
+        done["commands"] = len(tc) + len(ip4) + len(ip6) + 1
+        done["ifbs_deleted"] = [link["ifname"] for link in ifbs if "ifname" in link]
         done["sysctls_restored"] = [p.removeprefix("/proc/sys/").replace("/", ".")
                                     for p in self._request("sysctl_restore", wait=60)["restored"]]
         return done
+
+    def detach(self) -> dict[str, Any]:
+        """Stop reading the control channel so that another process can drive the guest; the lease
+        that process needs to attach() (the channel's descriptor is `fd`: pass it to the borrower).
+        Call it only when the guest is quiet: no process of ours running, no request pending."""
+        if self._sock is None or self._dead or self._reader is None:
+            raise GuestError(f"{self.name}: not running")
+        with self._plock:
+            busy = sorted(self._procs)
+        if busy:
+            raise GuestError(f"{self.name}: cannot lend a guest with processes running ({len(busy)})")
+        self._request("ping")  # every message before its answer has been read: the channel is drained
+        self._detaching = True
+        self._stop_reader()
+        assert self.image is not None
+        return {"name": self.name, "image": str(self.image.dir), "image_id": self.image.id,
+                "qemu_pid": self.qemu_pid, "fd": self._sock.fileno(), "accel": self.accel,
+                "release": self.release, "boot_seconds": self.boot_seconds, "ready_seconds": self.ready_seconds,
+                "mem_mb": self.mem_mb, "mptcp_limits": self._mptcp_limits,
+                "nics": [{"tap": n.tap, "mac": n.mac, "ifname": n.ifname}
+                         for n in (*self.nics, *self.spare_nics)]}
+
+    def resume(self, nics: Sequence[dict] | None = None) -> None:
+        """Read the control channel again after a borrower gave the guest back (`nics`: the NICs as
+        it left them, names included). Raises GuestError when the guest does not answer."""
+        if self._sock is None or self.proc is None or self.proc.poll() is not None:
+            raise GuestError(f"{self.name}: the guest is gone")
+        if nics is not None:
+            self.nics = [Nic(n["tap"], n["mac"], n.get("ifname")) for n in nics]
+            self.spare_nics = []
+        if self._reader is None:
+            self._dead = False
+            self._early.clear()  # output of the borrower's processes
+            self._start_reader()
+        self._request("ping", wait=10)
+
+    @classmethod
+    def attach(cls, lease: dict[str, Any], nics: int | None = None) -> Guest:
+        """The guest another process lent (see detach()), driven from here; `nics`: how many of its
+        NICs this process uses (the first ones; the rest stay down as spare_nics)."""
+        image = images.find(lease["image"])
+        if image is None or image.id != lease["image_id"]:
+            raise GuestError(f"{lease['name']}: the lent guest's image {lease['image']} is gone or changed")
+        guest = cls(lease["name"], mem_mb=lease.get("mem_mb", 256))
+        guest.image = image
+        all_nics = [Nic(n["tap"], n["mac"], n.get("ifname")) for n in lease["nics"]]
+        count = len(all_nics) if nics is None else nics
+        guest.nics, guest.spare_nics = all_nics[:count], all_nics[count:]
+        guest._taps = [n.tap for n in all_nics]
+        guest.accel, guest.release = lease.get("accel"), lease.get("release")
+        guest.boot_seconds, guest.ready_seconds = lease.get("boot_seconds"), lease.get("ready_seconds")
+        guest._mptcp_limits = lease.get("mptcp_limits")
+        guest.proc = _BorrowedQemu(int(lease["qemu_pid"]))  # type: ignore[assignment]
+        if guest.proc.poll() is not None:
+            raise GuestError(f"{guest.name}: the lent guest's qemu (pid {lease['qemu_pid']}) is gone")
+        fd = int(lease["fd"])
+        os.set_inheritable(fd, False)  # not for the processes this run starts
+        guest._sock = socket.socket(fileno=fd)
+        guest._sock.setblocking(True)
+        guest._start_reader()
+        guest._request("ping", wait=10)
+        return guest
+
+    def give_back(self) -> dict[str, Any]:
+        """A borrower's last word: stop reading the channel and close our end of it, leaving the guest
+        running for its lender. The NICs as left (for the lender's resume())."""
+        with contextlib.suppress(GuestError):
+            self._request("ping", wait=10)
+        self._detaching = True
+        self._stop_reader()
+        if self._sock is not None:
+            self._sock.close()  # our descriptor only: the lender's stays connected
+        self._sock, self.proc = None, None
+        self._taps = []
+        return {"nics": [{"tap": n.tap, "mac": n.mac, "ifname": n.ifname} for n in (*self.nics, *self.spare_nics)]}
 
     # --------------------------------------------------------------------------- shutdown
     def rss_bytes(self) -> int | None:
@@ -772,10 +983,11 @@ class Guest:
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Power the guest off (kill qemu if it does not stop within `timeout`), remove the TAPs."""
-        if self.proc is not None and self.proc.poll() is None and self._sock is not None and not self._dead:
+        reading = self._sock is not None and self._reader is not None and not self._dead
+        if self.proc is not None and self.proc.poll() is None and reading:
             with contextlib.suppress(GuestError):
                 self._request("poweroff", wait=2)
-        self._stop_qemu(kill=False, timeout=timeout)
+        self._stop_qemu(kill=not reading, timeout=timeout)  # a lent guest's state is unknown: no courtesy
         for tap in self._taps:
             subprocess.run(["ip", "link", "del", tap], capture_output=True, timeout=10)
         self._taps = []
@@ -794,8 +1006,7 @@ class Guest:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
-        if self._reader is not None:
-            self._reader.join(5)
+        self._stop_reader()
         if self.workdir is not None:
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)

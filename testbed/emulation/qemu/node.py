@@ -21,7 +21,6 @@ then named as that switch port). What the rest of the testbed does with a guest 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -91,6 +90,15 @@ class GuestNode:
     def counters(self) -> dict[str, int]:
         return self._guest().counters()
 
+    def run_many(self, commands: Any, optional: Any = None) -> list[str]:
+        """nodeexec.run_many for a guest: one round trip, ip/tc commands batched (Guest.run_tools)."""
+        from testbed.errors import RunError
+
+        try:
+            return self._guest().run_tools([list(c) for c in commands], optional)
+        except GuestError as exc:
+            raise RunError(str(exc)) from None
+
     def read_dev(self) -> dict[str, tuple[int, int]]:
         """{guest interface: (rx_bytes, tx_bytes)} from the host sides of its TAPs (rx/tx swapped)."""
         by_pid: dict[int, dict[str, tuple[int, int]]] = {}
@@ -112,7 +120,8 @@ class GuestNode:
         g = self.guest
         return {"backend": "qemu", "image": self.image.name, "image_id": self.image.id,
                 "package": self.image.manifest.get("package", {}).get("version"), "kernel": self.kernel,
-                "mptcp": self.image.mptcp, "accel": g.accel if g else None, "reused": self.reused,
+                "mptcp": self.image.mptcp, "accel": g.accel if g else None, "guest": g.name if g else None,
+                "reused": self.reused,
                 "boot_seconds": g.boot_seconds if g else None, "ready_seconds": g.ready_seconds if g else None,
                 "memory_mb": g.mem_mb if g else None,
                 "interfaces": {n: {"tap": s.tap, "host_side": s.where} for n, s in self.sides.items()},
@@ -178,11 +187,7 @@ class GuestPool:
         """Reset the guest and keep it; shut it down instead when that fails or the pool is full."""
         assert guest.image is not None
         try:
-            rc, out = guest.run(["ip", "-o", "link", "show", "type", "ifb"])
-            ifbs = re.findall(r"^\d+: ([^:@]+)", out, re.M) if rc == 0 else []
-            for ifb in ifbs:
-                guest.run(["ip", "link", "del", ifb])
-            guest.reset()
+            reset_for_reuse(guest)
         except GuestError:
             guest.shutdown()
             return False
@@ -202,20 +207,95 @@ class GuestPool:
             guest.shutdown()
 
 
+def reset_for_reuse(guest: Guest) -> dict:
+    """reset(): the ifb devices the run's shaping made are deleted with the rest."""
+    return guest.reset()
+
+
+LEASES_ENV = "TESTBED_GUEST_LEASES"
+"""Names the lease file of guests lent to a `testbed run` by its parent (the matrix)."""
+
+
+class LentGuests:
+    """Guests booted by the parent process (the matrix) and lent to this run: the pool a cell's
+    network takes guests from. The lease file (JSON) lists each guest (see Guest.detach()) with the
+    image and NIC count it was lent for; the channels' descriptors were inherited.
+
+    A guest is given back reset, and the outcome is written to the lease's `returned` file: the
+    lender keeps the guest only when that file says it is clean. A run that dies without writing it
+    costs the lender the guest, never a dirty one for the next cell."""
+
+    state = None  # the lender records the qemu processes and TAPs, not the borrowing run
+    keeps_new_guests = False  # a guest this run boots itself (none lent fits) is the run's, shut down after
+
+    def __init__(self, path: Path) -> None:
+        import json
+
+        self.path = path
+        data = json.loads(path.read_text())
+        self.returned = Path(data["returned"])
+        self.leases: list[dict] = list(data["guests"])
+        self.taken: dict[int, Guest] = {}  # lease index → guest
+        self.results: dict[str, dict] = {}  # guest name → how it was given back
+        self._lock = threading.Lock()
+
+    def take(self, image: Image, nics: int) -> Guest | None:
+        with self._lock:
+            for i, lease in enumerate(self.leases):
+                if i in self.taken or lease["image_id"] != image.id or len(lease["nics"]) < nics:
+                    continue
+                guest = Guest.attach(lease, nics)
+                self.taken[i] = guest
+                return guest
+        return None
+
+    def give(self, guest: Guest) -> bool:
+        """Reset the guest and hand it back to the lender; False (the caller shuts it down) for a guest
+        that was not lent or cannot be reset."""
+        with self._lock:
+            if guest not in self.taken.values():
+                return False
+        try:
+            done = reset_for_reuse(guest)
+            back = guest.give_back()
+        except GuestError as exc:
+            self._record(guest.name, {"clean": False, "error": str(exc)})
+            return False
+        self._record(guest.name, {"clean": True, "nics": back["nics"], "reset": done})
+        return True
+
+    def _record(self, name: str, result: dict) -> None:
+        import json
+
+        with self._lock:
+            self.results[name] = result
+            tmp = self.returned.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.results))
+            os.replace(tmp, self.returned)
+
+    def close(self) -> None:
+        pass
+
+
+def lent_guests_from_environment() -> LentGuests | None:
+    """The guests lent to this process, when its parent passed a lease file (see LentGuests)."""
+    path = os.environ.get(LEASES_ENV)
+    return LentGuests(Path(path)) if path else None
+
+
 def rename_nics(guest: Guest, names: list[str]) -> None:
-    """Give a (pooled) guest's NICs the interface names of the topology it now serves (links are down
-    after reset(), as renaming needs)."""
-    commands = []
-    for i, (nic, new) in enumerate(zip(guest.nics, names, strict=True)):
-        old = nic.ifname or f"eth{i}"
-        if old != new:
-            commands.append(["ip", "link", "set", "dev", old, "name", f"tbtmp{i}"])
-    for i, (nic, new) in enumerate(zip(guest.nics, names, strict=True)):
-        if (nic.ifname or f"eth{i}") != new:
-            commands.append(["ip", "link", "set", "dev", f"tbtmp{i}", "name", new])
+    """Give a (pooled) guest's NICs the interface names of the topology it now serves, and its spare
+    NICs names out of the topology's way (links are down after reset(), as renaming needs)."""
+    nics = [*guest.nics, *guest.spare_nics]
+    wanted = [*names, *(f"tbspare{i}" for i in range(len(guest.spare_nics)))]
+    current = [nic.ifname or f"eth{i}" for i, nic in enumerate(nics)]
+    moves = [(i, old, new) for i, (old, new) in enumerate(zip(current, wanted, strict=True)) if old != new]
+    commands = [["ip", "link", "set", "dev", old, "name", f"tbtmp{i}"] for i, old, _ in moves]
+    commands += [["ip", "link", "set", "dev", f"tbtmp{i}", "name", new] for i, _, new in moves]
     if commands:
         guest._batch(commands)
-    guest.nics = [Nic(n.tap, n.mac, new) for n, new in zip(guest.nics, names, strict=True)]
+    renamed = [Nic(n.tap, n.mac, new) for n, new in zip(nics, wanted, strict=True)]
+    guest.nics, guest.spare_nics = renamed[:len(names)], renamed[len(names):]
 
 
 POOL: GuestPool | None = None
