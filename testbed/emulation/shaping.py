@@ -483,15 +483,15 @@ class Shaper:
                   ingress: bool) -> dict[str, Any]:
         """netem in a QEMU guest's kernel: its egress, or its ingress through an ifb device."""
         dev = ifname
+        commands: list[list[str]] = []
         if ingress:
             if state.ifb is None:
-                ifb = f"tbifb{state.index}"
-                for argv in ifb_commands(ifname, ifb):
-                    self._run(node, argv)
-                state.ifb = ifb
+                state.ifb = f"tbifb{state.index}"
+                commands += ifb_commands(ifname, state.ifb)
             dev = state.ifb
-        for argv in netem_commands(dev, imp, state.layout):
-            self._run(node, argv, check=argv[:3] != ["tc", "qdisc", "del"])
+        commands += netem_commands(dev, imp, state.layout)
+        # one round trip, the tc commands in one batch: every process is slow in an emulated guest
+        node.run_many(commands, optional=[argv[:3] == ["tc", "qdisc", "del"] for argv in commands])
         state.layout = netem_layout(imp)
         out = self._describe(d, imp, netem_limit(imp) if state.layout else None)
         out["backend"] = "netem (guest kernel)"

@@ -44,6 +44,7 @@ SECURITY_MIRROR = os.environ.get("TESTBED_DEBIAN_SECURITY_MIRROR", "http://deb.d
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 BUSYBOX = Path("/bin/busybox")
 MANIFEST = "manifest.json"
+COUNTERS_FILE = "mptcp-counters.json"  # written at the first boot (Image.record_counters)
 INITRAMFS = "initramfs.cpio.gz"
 # Bumped whenever what build() puts into an image changes: cached images of another recipe are rebuilt.
 RECIPE = 1
@@ -110,6 +111,25 @@ class Image:
     def mptcp(self) -> bool:
         """Whether the kernel has upstream MPTCP (CONFIG_MPTCP=y)."""
         return bool(self.manifest["config"].get("CONFIG_MPTCP") == "y")
+
+    @property
+    def mptcp_counters(self) -> frozenset[str] | None:
+        """The MPTcpExt counter names (without the prefix) the kernel showed when it first booted, or
+        None before that. Stable kernels backport counters, so a version number does not tell."""
+        try:
+            names = json.loads((self.dir / COUNTERS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return frozenset(names) if isinstance(names, list) and names else None
+
+    def record_counters(self, names: Iterable[str]) -> None:
+        """Remember the kernel's MPTcpExt counter names (see mptcp_counters); best effort."""
+        try:
+            tmp = self.dir / f".{COUNTERS_FILE}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(sorted(names)))
+            os.replace(tmp, self.dir / COUNTERS_FILE)
+        except OSError:
+            pass
 
     @property
     def id(self) -> str:
