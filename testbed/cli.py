@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from testbed.errors import CapabilityError, Problem, RunError, SpecError, UsageError
 
+DEMO_IMPLEMENTATIONS = ("host", "linux-6.1", "tcp")
 DEMO_EXPERIMENTS = ("basic-handshake", "dual-homed-join", "signal-address", "backup-path",
                     "link-failure-handover", "lossy-dual-homed", "aggregate")
 
@@ -41,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=Path("results"))
     run.add_argument("--seed", type=int)
     run.add_argument("--shaping", choices=["auto", "netem", "fallback"])
-    d = sub.add_parser("demo", help="run the shipped experiments")
+    d = sub.add_parser("demo", help="the interop matrix host, linux-6.1, tcp × the hackathon suite")
     d.add_argument("--results", type=Path, default=Path("results"))
+    d.add_argument("--jobs", type=int, default=2, help="cells in parallel (default: 2)")
+    d.add_argument("--experiments", action="store_true",
+                   help="instead, run the shipped single experiments one after another")
     v = sub.add_parser("verify", help="check a run directory against its manifest")
     v.add_argument("run_dir", type=Path)
     m = sub.add_parser("matrix", help="run a suite over implementations: client × server × scenario")
@@ -215,6 +221,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """The embedded default: the matrix of this machine's kernel, a Debian 6.1 guest kernel and plain
+    TCP, every client × every server over the hackathon suite."""
+    if args.experiments:
+        return _demo_experiments(args)
+    impls = ",".join(DEMO_IMPLEMENTATIONS)
+    return _matrix(argparse.Namespace(
+        suite=Path(__file__).resolve().parent.parent / "experiments" / "suites" / "hackathon.yaml",
+        clients=impls, servers=impls, scenarios=None, must_include=None, jobs=args.jobs, reruns=0, ci=False,
+        results=args.results))
+
+
+def _demo_experiments(args: argparse.Namespace) -> int:
     from testbed.report import print_summary
     from testbed.runner import Runner
     from testbed.spec.load import load_experiment
@@ -269,8 +287,8 @@ def _matrix(args: argparse.Namespace) -> int:
         for c in matrix["cells"].values():
             if c["verdict"] not in ("as-expected", "unexpected"):
                 print(f"  {c['verdict']}: {c['scenario']} {c['client']} -> {c['server']}: {c['reason']}")
-    print(f"report: {result['run_dir'] / 'report.html'}")
-    print(f"archive: {result['run_dir']}", flush=True)
+    print(f"archive: {result['run_dir']}")
+    print(f"report: {result['run_dir'] / 'report.html'}", flush=True)
     if matrix["status"] == "interrupted":
         return 130
     if args.ci:
@@ -380,8 +398,26 @@ def _images(args: argparse.Namespace) -> int:
         except images.ImageError as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             return 3
+        if image.mptcp and image.mptcp_counters is None and os.geteuid() == 0:
+            _first_boot(image)
         print(f"{name}: {image.release} (mptcp={'yes' if image.mptcp else 'no'}) in {image.kernel.parent}")
     return 0
+
+
+def _first_boot(image: Any) -> None:
+    """Boot a new image once: it proves it boots, and records the counters its kernel has (the matrix
+    derives which counter checks a guest cell can make from them)."""
+    from testbed.emulation.qemu.guest import Guest, GuestError
+
+    guest = Guest(f"first-boot-{os.getpid()}")
+    try:
+        guest.boot(image)
+        print(f"{image.name}: boots in {guest.ready_seconds:.1f} s ({guest.accel}); "
+              f"{len(image.mptcp_counters or ())} MPTcpExt counters")
+    except GuestError as exc:
+        print(f"{image.name}: built, but the first boot failed: {exc}", file=sys.stderr)
+    finally:
+        guest.shutdown()
 
 
 def _clean(force: bool) -> int:

@@ -341,7 +341,8 @@ class Runner:
         m = Measurements(results, specs, deltas, sampler.bytes_between,
                          {n: [i.name for i in self.res.interfaces[n]] for n in nodes}, sockets=sockets.snapshots,
                          addresses={i.ref: [str(a.ip) for a in (i.address, i.address6) if a is not None]
-                                    for n in nodes for i in self.res.interfaces[n]})
+                                    for n in nodes for i in self.res.interfaces[n]},
+                         present={n: set(after[n]) for n in nodes})
         self.manifest["outcome"] = outcome(m)
         checks = judge(self.exp, m, self.manifest["outcome"])
         self.manifest["checks"] = [c.as_dict() for c in checks]

@@ -38,6 +38,7 @@ class Measurements:
     node_interfaces: dict[str, list[str]]
     sockets: list[dict] = field(default_factory=list)  # `ss` snapshots: {"t", "node", "tcp", "mptcp"}
     addresses: dict[str, list[str]] = field(default_factory=dict)  # 'node:interface' → its addresses
+    present: dict[str, set[str]] = field(default_factory=dict)  # node → the counters its kernel has (if known)
 
 
 def outcome(m: Measurements) -> str:
@@ -146,6 +147,11 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
     for key, bound in e.counters.items():
         node, _, counter = key.partition(".")
         matched = fnmatch.filter(m.counters, node) if any(c in node for c in "*?[") else [node]
+        absent = [n for n in matched if n in m.present and counter not in m.present[n]]
+        if absent:  # a kernel without the counter proves nothing either way: never read it as 0
+            checks.append(Check(f"counter {key}", _bound_text(bound), "absent", "fail",
+                                f"the kernel of {', '.join(sorted(absent))} has no {counter} counter"))
+            continue
         value = sum(m.counters.get(n, {}).get(counter, 0) for n in matched)
         checks.append(Check(f"counter {key}", _bound_text(bound), value, "pass" if _within(value, bound) else "fail",
                             f"sum over {', '.join(sorted(matched))}" if matched != [node] else ""))

@@ -44,13 +44,15 @@ from testbed.matrix.expect import (
     scenario_facts,
 )
 from testbed.matrix.features import GUEST_FIELD, FeatureSet, available, feature_set
-from testbed.spec.matrix import PROBE_SCENARIO, LoadedSuite, check_suite
+from testbed.matrix.guests import GuestLender, GuestNeed, cell_env
+from testbed.spec.matrix import PROBE_SCENARIO, LoadedSuite, check_suite, scenario_problem
 from testbed.state import RunState
 
 VERDICTS = ("as-expected", "unexpected", "unsupported", "unavailable", "flaky", "error")
 KILL_GRACE = 15.0  # seconds a timed-out cell gets to tear down after SIGTERM before SIGKILL
 NAME_LIMIT = 48
 FAILED_WORKLOAD_TIMEOUT = 20.0  # seconds a workload expected to fail is given
+FAILED_AFTER_LAST_EVENT = 5.0  # ... or this long after the scenario's last event (which takes its path away)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Cell:
     attempts: list[Attempt] = field(default_factory=list)
     verdict: str | None = None
     reason: str = ""
+    guests: list[GuestNeed] = field(default_factory=list)  # its hosts that run on QEMU guests
 
     @property
     def key(self) -> str:
@@ -166,7 +169,8 @@ class MatrixRunner:
         self.facts: dict[str, ScenarioFacts] = {}
         self.capabilities: dict[str, tuple[bool, str]] = {}
         self.cells: list[Cell] = []
-        self._validated: dict[tuple, list] = {}
+        self._validated: dict[tuple, tuple[list, list[GuestNeed]]] = {}
+        self.lender: GuestLender | None = None
         self.run_dir: RunDir | None = None
         self.lock = threading.Lock()
         self.running: dict[int, subprocess.Popen] = {}
@@ -202,6 +206,11 @@ class MatrixRunner:
             path = self.loaded.experiments[name]
             try:
                 loaded_exp = load_experiment(path)
+                names = {w.name or w.type for w in loaded_exp.experiment.workloads}
+                unknown = [w for w in scenario.workloads if w not in names]
+                if unknown:
+                    raise SpecError([scenario_problem(self.loaded, name, "workloads", (
+                        f"the experiment has no workload '{unknown[0]}' (its workloads: {', '.join(sorted(names))})"))])
                 facts = scenario_facts(scenario, loaded_exp)
             except SpecError as exc:
                 facts = scenario_facts(scenario, None, "; ".join(str(p) for p in exc.problems))
@@ -246,17 +255,24 @@ class MatrixRunner:
         return out
 
     def _validate_once(self, key: tuple, cell: Cell) -> list:
-        """Materialize and load the cell's experiment once per distinct key; the problems, if any."""
+        """Materialize and load the cell's experiment once per distinct key; the problems, if any.
+        Notes which of its hosts run on guests (cell.guests)."""
         import tempfile
+
+        from testbed.spec.load import load_experiment
 
         if key not in self._validated:
             with tempfile.TemporaryDirectory(prefix="testbed-cell-") as tmp:
                 try:
-                    self.materialize(cell, Path(tmp))
-                    self._validated[key] = []
+                    loaded = load_experiment(self.materialize(cell, Path(tmp), check=False))
+                    topo = loaded.topo
+                    needs = [GuestNeed(str(spec.image), len(topo.resolved.interfaces[name]))
+                             for name, spec in topo.topology.nodes.items() if getattr(spec, "image", None)]
+                    self._validated[key] = ([], needs)
                 except SpecError as exc:
-                    self._validated[key] = exc.problems
-        return self._validated[key]
+                    self._validated[key] = (exc.problems, [])
+        problems, cell.guests = self._validated[key]
+        return problems
 
     def _check_cell(self, cell: Cell) -> None:
         """Validate the cell's experiment before anything runs. A scenario whose topology refuses the
@@ -274,31 +290,46 @@ class MatrixRunner:
             return
         scenario = self.loaded.scenario(cell.scenario)
         key = (cell.scenario, self._stack(cell, "client"), self._stack(cell, "server"), cell.expectation.mode,
-               cell.expectation.expected_outcome)
+               cell.expectation.expected_outcome, self._image(cell.client), self._image(cell.server))
         problems = self._validate_once(key, cell)
         if not problems:
             return
-        stack_paths = {f"stacks.{scenario.client}.stack": "client", f"stacks.{scenario.server}.stack": "server"}
-        if all(p.path in stack_paths for p in problems):
-            parts = []
+        if scenario.workloads and any(p.path.startswith("workloads") for p in problems):  # the suite's change
+            raise SpecError([scenario_problem(self.loaded, cell.scenario, "workloads", f"{p.path}: {p.message}")
+                             for p in problems if p.path.startswith("workloads")])
+        roles = {scenario.client: "client", scenario.server: "server"}
+        placed = {f"stacks.{node}.{what}": (role, what) for node, role in roles.items() for what in ("stack", GUEST_FIELD)}
+        if all(p.path in placed for p in problems):
+            parts, verdict = [], "unsupported"
             for p in problems:
-                role = stack_paths[p.path]
+                role, what = placed[p.path]
                 impl = cell.client if role == "client" else cell.server
-                parts.append(f"the scenario cannot put {role} {impl}'s stack ({self._stack(cell, role)}) on its node: "
-                             f"{p.message}")
-            cell.verdict, cell.reason = "unsupported", "; ".join(parts)
-            cell.expectation = Expectation("unsupported", None, None, cell.reason)
+                if what == GUEST_FIELD:  # the testbed cannot put that node on a guest kernel
+                    verdict = "unavailable"
+                    parts.append(f"the scenario's {role} node cannot run on {impl}'s guest kernel: {p.message}")
+                else:
+                    parts.append(f"the scenario cannot put {role} {impl}'s stack ({self._stack(cell, role)}) on its "
+                                 f"node: {p.message}")
+            cell.verdict, cell.reason = verdict, "; ".join(parts)
+            cell.expectation = Expectation(verdict, None, None, cell.reason)
         else:
             cell.verdict, cell.reason = "error", ("the cell's experiment does not validate (a testbed bug): "
                                                   + "; ".join(f"{p.path}: {p.message}" for p in problems))
 
     def _probe_server_entry(self, server: str) -> dict[str, Any]:
         """The stacks entry a probe cell puts on its server node (plain TCP or upstream, maybe a guest)."""
-        impl = self.impls[server]
         entry: dict[str, Any] = {"stack": "tcp" if self.features[server].protocol is None else "upstream"}
-        if impl.backend == "qemu":
-            entry[GUEST_FIELD] = str(self.loaded.registry.image_path(server) or impl.image or server)
+        image = self._image(server)
+        if image is not None:
+            entry[GUEST_FIELD] = image
         return entry
+
+    def _image(self, impl_name: str) -> str | None:
+        """The guest image an implementation's nodes run on; None for this machine's namespaces."""
+        impl = self.impls.get(impl_name)
+        if impl is None or impl.backend != "qemu":
+            return None
+        return str(self.loaded.registry.image_path(impl_name) or impl.image or impl_name)
 
     def _stack(self, cell: Cell, role: str) -> str:
         scenario = self.loaded.scenario(cell.scenario)
@@ -338,18 +369,24 @@ class MatrixRunner:
         stacks = data.get("stacks") or {}
         for role, impl_name, node in (("client", cell.client, scenario.client), ("server", cell.server, scenario.server)):
             entry = dict(stacks.get(node) or {})
-            impl = self.impls[impl_name]
             entry["stack"] = self._stack(cell, role)  # tcp for plain-TCP implementations and kernels without MPTCP
-            if impl.backend == "qemu":  # the node runs on the guest kernel (pinned or not)
-                entry[GUEST_FIELD] = str(self.loaded.registry.image_path(impl_name) or impl.image or impl_name)
+            image = self._image(impl_name)
+            if image is not None:  # the node runs on the guest kernel (pinned or not)
+                entry[GUEST_FIELD] = image
             stacks[node] = entry
         data["stacks"] = stacks
+        for w in data.get("workloads") or []:
+            w.update(scenario.workloads.get(w.get("name") or w.get("type"), {}))
         if cell.expectation.mode == "fallback":
             data["expect"] = fallback_expect(self.facts[cell.scenario].has_bulk, cell.expectation.expected_outcome
                                              or "fallback")
             if cell.expectation.expected_outcome == "failed":  # no need to wait a whole workload timeout
+                # The path goes away at the last event; a plain TCP connection on it stalls from then on.
+                last = max((parse_duration(e["at"]) for e in data.get("events") or [] if "at" in e), default=None)
+                limit = FAILED_WORKLOAD_TIMEOUT if last is None else min(FAILED_WORKLOAD_TIMEOUT,
+                                                                        last + FAILED_AFTER_LAST_EVENT)
                 for w in data.get("workloads") or []:
-                    w["timeout"] = min(parse_duration(w.get("timeout", 60)), FAILED_WORKLOAD_TIMEOUT)
+                    w["timeout"] = min(parse_duration(w.get("timeout", 60)), limit)
         own = parse_duration(data["timeout"]) if data.get("timeout") is not None else 300.0
         if own > cell.timeout - 20:
             data["timeout"] = max(10.0, cell.timeout - 20)  # the run archives itself before the hard kill
@@ -398,10 +435,25 @@ class MatrixRunner:
         try:
             self.state.save()
             run_dir.write_json("manifest.json", {**self._manifest_head(run_dir), "status": "error"})
+            if any(c.guests for c in runnable):
+                self.lender = self._lender(run_dir, runnable)
             return self._run(run_dir, runnable)
         finally:
+            if self.lender is not None:
+                self.lender.close()
             self.state.remove()
             guard.restore()
+
+    def _lender(self, run_dir: RunDir, runnable: list[Cell]) -> GuestLender:
+        """Guests booted once and lent to every cell that needs them (see testbed.matrix.guests)."""
+        import tempfile
+
+        work = Path(tempfile.mkdtemp(prefix="testbed-leases-"))
+        self.state.add_dir(str(work))
+        lender = GuestLender(self.state, work, run_dir.tmp / "logs" / "guests", run_dir.tag,
+                             max_idle=2 * self.jobs)
+        lender.plan([c.guests for c in runnable])
+        return lender
 
     def _run(self, run_dir: RunDir, runnable: list[Cell]) -> dict[str, Any]:
         from testbed.matrix import history, html, results
@@ -428,6 +480,8 @@ class MatrixRunner:
             run_dir.write_text("junit.xml", results.junit_xml(matrix))
             run_dir.write_text("report.html", html.render(matrix, run_dir.tmp))
             self.manifest["summary"] = matrix["summary"]
+            if self.lender is not None:
+                self.manifest["guests"] = self.lender.stats.as_dict()
             self.manifest["cells"] = [{"client": c.client, "server": c.server, "scenario": c.scenario,
                                        "outcome": c.final.outcome if c.final else None,
                                        "expected_outcome": c.expectation.expected_outcome, "verdict": c.verdict,
@@ -551,11 +605,16 @@ class MatrixRunner:
         argv = [sys.executable, "-m", "testbed", "run", str(cell.yaml), "--results", str(cells_dir)]
         start = time.monotonic()
         timed_out = False
-        with log_path.open("w") as log:
+        lending = self.lender.lend(cell.name, cell.guests) if self.lender and cell.guests \
+            else contextlib.nullcontext()
+        with lending as lease, log_path.open("w") as log:
             log.write(f"$ {' '.join(argv)}\n")
+            if lease is not None:
+                log.write(f"# lent guests: {', '.join(g.name for g in lease.guests)}\n")
             log.flush()
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, env=cell_env(lease),
+                                    pass_fds=lease.fds if lease is not None else ())
             self.state.add_child(proc.pid, f"cell {cell.key}")
             with self.lock:
                 self.running[proc.pid] = proc

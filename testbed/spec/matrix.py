@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -114,6 +114,9 @@ class Scenario(Model):
                                 "TCP, data intact) or 'failed' where the scenario takes the initial path away, "
                                 "which a single TCP connection cannot survive")
     timeout: Duration | None = Field(None, gt=0, description="cell timeout (default: the suite's)")
+    workloads: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="fields of the experiment's workloads, by workload name, that the "
+                                          "matrix changes (e.g. {bulk: {size: 8MB}}: the same scenario, shorter)")
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
