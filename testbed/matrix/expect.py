@@ -41,7 +41,7 @@ FUNCTION_CAPABILITIES = {
 }
 OTHER_CAPABILITIES = {
     "abort-workload": "a workload that closes a connection abruptly (unread data or SO_LINGER 0), so "
-                      "that MP_FASTCLOSE is sent",
+                      "that MP_FASTCLOSE is sent (bulk `abort`)",
 }
 CAPABILITIES = {**FUNCTION_CAPABILITIES, **OTHER_CAPABILITIES}
 KNOWN_REQUIREMENTS: dict[str, str] = {**{n: f.what for n, f in UPSTREAM.items()}, **CAPABILITIES}
@@ -63,8 +63,11 @@ def capability(name: str) -> tuple[bool, str]:
             return False, f"the '{name}' node kind cannot be loaded: {exc}"
         return True, ""
     if name == "abort-workload":
-        return False, ("no workload closes a connection abruptly yet (needed to provoke MP_FASTCLOSE); "
-                       "this scenario waits for one")
+        from testbed.spec.experiment import Bulk
+
+        if "abort" not in Bulk.model_fields:
+            return False, "the bulk workload has no `abort` option (needed to provoke MP_FASTCLOSE)"
+        return True, ""
     return False, f"unknown capability '{name}'"
 
 
@@ -82,6 +85,7 @@ class ScenarioFacts:
     outcome: str | None = None  # the scenario's own expected outcome
     fallback: str = "fallback"  # what a cell with a plain-TCP side expects: fallback, or failed
     has_bulk: bool = True
+    aborts: bool = False  # a bulk workload aborts its connection on purpose (resets it)
     load_error: str | None = None  # the experiment did not validate (excused by a missing capability)
 
     def requirement_list(self) -> dict[str, list[dict[str, str]]]:
@@ -116,6 +120,7 @@ def scenario_facts(scenario: Any, loaded: Any | None, load_error: str | None = N
             facts.capabilities.append(node.kind)
     facts.outcome = exp.expect.outcome
     facts.has_bulk = any(w.type == "bulk" for w in exp.workloads)
+    facts.aborts = any(getattr(w, "abort", None) is not None for w in exp.workloads)
     for role in ROLES:
         node = facts.nodes[role]
         need = facts.requires[role]
@@ -186,8 +191,13 @@ def expect_cell(facts: ScenarioFacts, client: Side, server: Side,
     effective = {r: tcp_features(sides[r].implementation, sides[r].features.kernel) if r in facts.pins
                  else sides[r].features for r in ROLES}
     unpinned = [r for r in ROLES if r not in facts.pins]
-    then = ("the connection must fall back to TCP with the data intact" if facts.fallback == "fallback" else
-            "the connection falls back to one TCP path, which the scenario takes away: the transfer must fail")
+    if facts.fallback != "fallback":
+        then = "the connection falls back to one TCP path, which the scenario takes away: the transfer must fail"
+    elif facts.aborts:  # TCP's abrupt close is a RST: the aborting workload checks the peer saw it
+        then = ("the connection must fall back to TCP, and the workload's abort must reset it with a RST "
+                "(no MP_FASTCLOSE without MPTCP), the data before it intact")
+    else:
+        then = "the connection must fall back to TCP with the data intact"
     plain = [r for r in unpinned if effective[r].protocol is None]
     protocols = {effective[r].protocol for r in unpinned}
     if plain or len(protocols) > 1:
@@ -230,7 +240,11 @@ def _missing(requires: dict[Role, dict[str, str]], roles: list[Role], sides: dic
 
 
 def fallback_expect(has_bulk: bool, outcome: str = "fallback") -> dict[str, Any]:
-    """The expectations a fallback cell runs with instead of the scenario's MPTCP ones."""
+    """The expectations a fallback cell runs with instead of the scenario's MPTCP ones.
+
+    A bulk workload that aborts on purpose keeps its meaning here: it completes only when the peer saw
+    the connection reset (with plain TCP a RST), and `transfer_intact` judges the bytes that arrived
+    before the abort."""
     if outcome == "failed":
         return {"outcome": "failed"}
     return {"outcome": "fallback", **({"transfer_intact": True} if has_bulk else {})}

@@ -31,9 +31,17 @@ Sources (kernel releases follow the net-next merge window a commit landed in):
            addresses fullmesh" (net-next 2021-08-17/18) → 5.15; "mptcp: Miscellaneous changes for 5.18"
            (83a18b8e6954) only lets `endpoint change` toggle it on existing endpoints.
   [stale]  ff5a0b421cb2 "mptcp: faster active backup recovery" (net-next 2021-08-14): stale_loss_cnt → 5.15.
-  [fclose] f284c0c77321 "mptcp: implement fastclose xmit path" (net-next 2022-01-07) → 5.17;
-           e8e947ef50f6 "selftests: mptcp: add the MP_FASTCLOSE mibs check" (2022-03-04) → 5.18 counters;
-           6bf41020b72b "mptcp: use fastclose on more edge scenarios" (2022-10) → 6.1 (close with unread data).
+  [fclose] f284c0c77321 "mptcp: implement fastclose xmit path" (net-next 2022-01-07) → 5.17, sent then
+           only by a disconnect (connect(AF_UNSPEC): b29fcfb54cd7 "mptcp: full disconnect
+           implementation", same series), not by close(); 1e75629cb964 "mptcp: add the mibs for MP_FASTCLOSE"
+           (MPFastcloseTx/Rx, net-next 2022-03-04, pulled for 5.18) → 5.18 counters; branch 'mptcp-fastclose'
+           (pushed to net-next 2022-10-03, the day after 6.0 was released) → 6.1: d21f83485518 "mptcp: use
+           fastclose on more edge scenarios" (close() with unread data sends MP_FASTCLOSE: the abort
+           workload's default) and 69800e516e96 "mptcp: propagate fastclose error" (the peer's
+           application gets ECONNRESET, as after a TCP RST). f14d6e9c3678 "mptcp: fastclose msk when
+           linger time is 0" (7.1-rc2, 2026-04, Fixes d21f83485518, Cc stable; a 6.1.y backport was in
+           review 2026-06) adds close() with SO_LINGER {1, 0}: a guest's stable release decides that
+           one, so the table does not claim it (this machine's 6.18.44 does it, measured).
   [upm]    userspace path manager (pm_type=1) → 5.19 [sysctl].
   [tfo]    "mptcp: TCP Fast Open" support (MSG_FASTOPEN, TCP_FASTOPEN*, net-next late 2022) → 6.2.
   [sched]  net.mptcp.scheduler → 6.6 (docs.kernel.org/6.6 mptcp-sysctl).
@@ -48,6 +56,7 @@ plain SYN/ACK (RFC 8684 §3.1, version negotiation), so v0 ↔ v1 is a TCP fallb
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from dataclasses import dataclass, field
@@ -87,7 +96,7 @@ UPSTREAM: dict[str, Feature] = {
     "fullmesh": Feature((5, 15), "'fullmesh' endpoints", "mesh", flag="fullmesh"),
     "stale_loss_cnt": Feature((5, 15), "stale subflows, faster backup switch-over (stale_loss_cnt)", "stale",
                               sysctl="stale_loss_cnt"),
-    "fastclose": Feature((5, 17), "MP_FASTCLOSE transmit", "fclose"),
+    "fastclose": Feature((6, 1), "MP_FASTCLOSE when a socket is closed with unread data", "fclose"),
     "userspace_pm": Feature((5, 19), "userspace path manager (pm_type)", "upm, sysctl", sysctl="pm_type"),
     "fastopen": Feature((6, 2), "TCP Fast Open on MPTCP sockets (MSG_FASTOPEN, TCP_FASTOPEN)", "tfo"),
     "scheduler": Feature((6, 6), "packet scheduler selection (scheduler)", "sched", sysctl="scheduler"),
@@ -250,7 +259,9 @@ def feature_set(name: str, impl: Implementation) -> FeatureSet:
     if not has_mptcp:
         return FeatureSet(name, None, impl.kernel, version=impl.version, detected=built is not None,
                           missing_why={"mptcp": f"kernel {impl.kernel} is built without MPTCP (CONFIG_MPTCP)"})
-    return upstream_for_version(name, impl.version, impl.kernel)
+    table = upstream_for_version(name, impl.version, impl.kernel)
+    counters = getattr(built, "mptcp_counters", None)  # what the image's kernel showed at its first boot
+    return dataclasses.replace(table, counters=counters) if counters else table
 
 
 def _image(target: str) -> Any:

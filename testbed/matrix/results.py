@@ -44,7 +44,7 @@ def _measured(manifest: dict | None) -> dict[str, Any]:
     workloads = {}
     for name, w in (manifest.get("workloads") or {}).items():
         workloads[name] = {k: w.get(k) for k in ("type", "protocol", "ok", "intact", "is_mptcp", "goodput_bps",
-                                                  "seconds", "bytes", "error") if k in w}
+                                                  "seconds", "bytes", "aborted", "peer_reset", "error") if k in w}
         for k in ("ttfb", "completion", "rtt"):
             if isinstance(w.get(k), dict):
                 workloads[name][k] = w[k]

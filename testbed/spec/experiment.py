@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from testbed.spec.model import Model
 from testbed.spec.names import IfName, NodeName, RunName
 from testbed.spec.stack import Endpoint, EndpointFlag, StackConfig
 from testbed.spec.topology import Impairment
-from testbed.spec.units import Duration, Percent, Rate, Size
+from testbed.spec.units import Duration, Percent, Rate, Size, format_size
 
 Protocol = Literal["mptcp", "tcp"]
 
@@ -45,10 +45,60 @@ class WorkloadBase(Model):
         "destination-unreachable, host-unreachable) or with any error ('any'); its failure is then the pass")
 
 
+class Abort(Model):
+    """End a bulk transfer abruptly part-way: the aborting side closes its socket so that the kernel
+    resets the connection instead of closing it in order. Plain TCP sends a RST; upstream Linux MPTCP
+    sends MP_FASTCLOSE (RFC 8684 §3.5) when the socket is closed with unread data (since 6.1) or with
+    SO_LINGER {on, 0 s} (since 7.1 and its stable backports); otherwise its close is an orderly
+    DATA_FIN. The peer must see the reset (ECONNRESET or EPIPE); the workload then counts as complete."""
+
+    after: Size = Field(gt=0, description="payload bytes the aborting side has received (or handed to the kernel, "
+                                          "when it sends) before it aborts; less than the workload's size")
+    side: Literal["client", "server"] = Field("client", description="the end that aborts (and sends MP_FASTCLOSE)")
+    how: Literal["auto", "unread", "linger0", "both"] = Field(
+        "auto", description="unread: stop reading and close() once more payload waits unread in the receive "
+        "queue (only the receiving side can); linger0: close() with SO_LINGER {on, 0 s}; both; auto: unread "
+        "when the aborting side receives the payload, else linger0")
+
+
 class Bulk(WorkloadBase):
     type: Literal["bulk"]
     size: Size = Field(20_000_000, gt=0)
     direction: Literal["upload", "download"] = "upload"
+    abort: Abort | None = Field(None, description="abort the connection part-way instead of finishing the transfer "
+                                                  "(e.g. {after: 2MB}: the client resets it after 2 MB)")
+
+    @field_validator("abort")
+    @classmethod
+    def _abort_fits(cls, abort: Abort | None, info: ValidationInfo) -> Abort | None:
+        if abort is None:
+            return abort
+        size, direction = info.data.get("size"), info.data.get("direction")
+        if size is not None and abort.after >= size:
+            raise PydanticCustomError("abort", "after ({after}) must be less than the workload's size ({size}): "
+                                      "the transfer would end before the abort",
+                                      {"after": format_size(abort.after), "size": format_size(size)})
+        receiver = "client" if direction == "download" else "server"
+        if abort.how in ("unread", "both") and direction is not None and abort.side != receiver:
+            raise PydanticCustomError("abort", "how: '{how}' leaves payload unread, but the {side} sends it "
+                                      "(direction: {direction}): use linger0, or abort on the {receiver}",
+                                      {"how": abort.how, "side": abort.side, "direction": direction,
+                                       "receiver": receiver})
+        if info.data.get("via"):
+            raise PydanticCustomError("abort", "abort does not combine with via: the relay decides how the far "
+                                      "end's connection ends")
+        if info.data.get("servers"):
+            raise PydanticCustomError("abort", "abort does not combine with servers (one server side only)")
+        return abort
+
+    def abort_how(self) -> str | None:
+        """The abort's `how` with auto resolved (None without an abort)."""
+        if self.abort is None:
+            return None
+        if self.abort.how != "auto":
+            return self.abort.how
+        receiver = "client" if self.direction == "download" else "server"
+        return "unread" if self.abort.side == receiver else "linger0"
 
 
 class RequestResponse(WorkloadBase):

@@ -13,9 +13,9 @@ SIGTERM`` in ``errors`` and still print their JSON.
 Modes
 -----
 bulk-server --bind ADDR --port P [--protocol mptcp|tcp] [--direction upload|download] [--size BYTES]
-            [--seed S] [--timeout SECONDS]
+            [--seed S] [--timeout SECONDS] [--abort-after BYTES [--abort-side S] [--abort-how H]]
 bulk-client --connect ADDR --port P --size BYTES [--protocol ...] [--direction ...] [--seed S]
-            [--timeout SECONDS] [--connect-retries N] [--via KIND:ADDR:PORT]
+            [--timeout SECONDS] [--connect-retries N] [--via KIND:ADDR:PORT] [--abort-... as the server]
 rr-server   --bind ADDR --port P [--protocol ...] [--response-size BYTES] [--timeout SECONDS]
             [--max-threads N]
 rr-client   --connect ADDR --port P --requests N --request-size BYTES --response-size BYTES
@@ -46,6 +46,21 @@ download: server sends SIZE bytes and shuts down writing; the client hashes unti
           --size.
 The bulk server accepts one connection but keeps listening until the transfer ends (MPTCP MP_JOIN
 subflows arrive through the listener).
+
+Aborting (bulk, --abort-after BYTES)
+------------------------------------
+Both sides get the same --abort-* options. The aborting side (--abort-side, default client) moves
+BYTES of payload (received, or handed to the kernel when it sends) and closes its socket abruptly;
+the other side (the peer) must see the connection reset (ECONNRESET or EPIPE), which is the success
+of the transfer: no digest line is exchanged. --abort-how: ``unread`` (receiving side only) stops
+reading and closes once more payload waits unread in the receive queue (up to 5 s: FIONREAD, or
+MSG_PEEK where MPTCP sockets lack it); ``linger0`` sets SO_LINGER {1, 0} first; ``both``; ``auto``
+(default) is unread for the receiving side and linger0 for the sending side. Linux TCP answers
+either with a RST; upstream Linux MPTCP sends MP_FASTCLOSE on close() with unread data since 6.1
+("mptcp: use fastclose on more edge scenarios") and with SO_LINGER {1, 0} only since 7.1 ("mptcp:
+fastclose msk when linger time is 0", backported to stable kernels); before that its close() is an
+orderly DATA_FIN and the peer sees EOF, which is an error here. The receiving side checks that what
+arrived is the start of the sender's stream (sha256 of the first ``bytes`` bytes, computed locally).
 
 Request/response wire protocol
 ------------------------------
@@ -78,6 +93,15 @@ rr-server:   response_size, requests (served), connections, mptcp_connections, b
              "per-connection"); mptcp_info is that of the last connection sampled. Each connection
              is served by its own thread, at most --max-threads (default 32) at once; further ones
              wait in the listen backlog.
+aborted bulk (both sides): abort ({side, after, how}; how resolved); the aborting side adds aborted
+             (it closed abruptly), abort_bytes (payload moved by then), unread_at_close / unread_bytes
+             (how unread/both: payload waiting unread at close(); the count is null without FIONREAD),
+             linger_zero; the peer adds peer_reset (the connection ended with ECONNRESET/EPIPE),
+             reset_error, reset_bytes (payload moved when it did). The receiving side's intact
+             compares the digest of what it received (bulk-client sha256_local, bulk-server sha256)
+             with that of the stream's first ``bytes`` bytes (sha256_remote, sha256_expected); the
+             sending client has intact null and sha256_local of what it sent. ``seconds`` ends at the
+             abort or the reset.
 through a proxy (bulk-client, rr-client): via ({kind, host, port} or null); setup_seconds: from the
              start of the attempt until the proxy confirmed the server (SOCKS reply 0 / Convert answer
              without Error TLV), = connect_seconds without --via; established_seconds: when the attempt
@@ -143,6 +167,7 @@ CONNECT_RETRY_DELAY = 0.01
 DEFAULT_MAX_THREADS = 32
 STOP_GRACE = 1.0
 MAX_ERRORS = 50
+ABORT_UNREAD_WAIT = 5.0  # seconds an aborting receiver waits for payload to queue up unread
 
 # struct mptcp_info (include/uapi/linux/mptcp.h), natural C alignment, host byte order:
 # (name, offset, struct code, bytes the kernel must return for the field to be real). The kernel copies
@@ -514,20 +539,22 @@ def send_stream(sock: socket.socket, seed: int, size: int, deadline: Deadline, p
 
 
 def recv_hash_until_eof(sock: socket.socket, update: Callable[[memoryview], object], deadline: Deadline,
-                        progress: Progress) -> float | None:
-    """Feed everything up to EOF into ``update``; returns the monotonic time of the first byte."""
+                        progress: Progress, limit: int | None = None) -> float | None:
+    """Feed everything up to EOF (or until ``progress.bytes`` reaches ``limit``, reading no byte
+    beyond it) into ``update``; returns the monotonic time of the first byte."""
     buf = bytearray(RECV_CHUNK)
     view = memoryview(buf)
     first = None
-    while True:
+    while limit is None or progress.bytes < limit:
         deadline.apply(sock)
-        n = sock.recv_into(buf)
+        n = sock.recv_into(buf, RECV_CHUNK if limit is None else min(RECV_CHUNK, limit - progress.bytes))
         if not n:
             return first
         if first is None:
             first = time.monotonic()
         update(view[:n])
         progress.bytes += n
+    return first
 
 
 def recv_line(sock: socket.socket, deadline: Deadline, limit: int = 256) -> str:
@@ -770,6 +797,139 @@ def _via_json(via: tuple[str, str, int] | None) -> dict[str, object] | None:
     return None if via is None else {"kind": via[0], "host": via[1], "port": via[2]}
 
 
+# ----------------------------------------------------------------------------------------- abort
+
+
+def abort_plan(args: argparse.Namespace) -> dict[str, object] | None:
+    """{side, after, how} of a bulk transfer's abort (``how`` auto resolved), or None."""
+    if args.abort_after is None:
+        return None
+    how = args.abort_how
+    if how == "auto":
+        how = "unread" if args.abort_side == _receiver(args.direction) else "linger0"
+    return {"side": args.abort_side, "after": args.abort_after, "how": how}
+
+
+def _receiver(direction: str) -> str:
+    return "client" if direction == "download" else "server"
+
+
+def _abort_keys(plan: dict[str, object], role: str) -> dict[str, object]:
+    """The result keys of an aborted transfer, before it runs (see "Aborting")."""
+    if plan["side"] == role:
+        return {"abort": plan, "aborted": False, "abort_bytes": None, "unread_at_close": None,
+                "unread_bytes": None, "linger_zero": False}
+    return {"abort": plan, "peer_reset": False, "reset_error": None, "reset_bytes": None}
+
+
+def unread_bytes(sock: socket.socket) -> int | None:
+    """Bytes waiting unread in the receive queue (FIONREAD); None when the socket cannot say."""
+    import fcntl
+    import termios
+
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return None
+
+
+def wait_unread(sock: socket.socket, deadline: Deadline, wait: float = ABORT_UNREAD_WAIT
+                ) -> tuple[bool, int | None]:
+    """Wait (at most ``wait`` s) until payload is waiting unread: (whether it is, FIONREAD's count).
+
+    Readability alone cannot tell data from an EOF: FIONREAD decides, or without it a MSG_PEEK."""
+    import select
+
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLRDHUP)
+    left = deadline.remaining()
+    end = time.monotonic() + (wait if left is None else min(wait, left))
+    count = unread_bytes(sock)
+    while not count:
+        remaining = end - time.monotonic()
+        events = poller.poll(max(0, int(remaining * 1000)) + 1) if remaining > 0 else []
+        if not events:
+            return False, count
+        count = unread_bytes(sock)
+        if count:
+            break
+        try:  # readable, yet no count: data (FIONREAD missing or late), or the peer's FIN or reset
+            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return True, None  # how much, the socket does not say
+            return False, count  # EOF: nothing more will arrive
+        except BlockingIOError:
+            time.sleep(0.001)
+        except OSError:
+            return False, count
+    return True, count
+
+
+def abort_close(sock: socket.socket, plan: dict[str, object], deadline: Deadline, result: dict[str, object],
+                errors: list[str]) -> None:
+    """Close ``sock`` abruptly, as ``plan["how"]`` says, and record how."""
+    how = plan["how"]
+    if how in ("unread", "both"):
+        unread, count = wait_unread(sock, deadline)
+        result.update(unread_at_close=unread, unread_bytes=count)
+        if not unread and how == "unread":
+            add_error(errors, "no payload was waiting unread at close(): the close may have been orderly")
+    if how in ("linger0", "both"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        result["linger_zero"] = True
+    sock.close()
+    result["aborted"] = True
+
+
+def aborted_transfer(sock: socket.socket, args: argparse.Namespace, plan: dict[str, object], role: str,
+                     deadline: Deadline, progress: Progress, result: dict[str, object],
+                     meta: dict[str, object]) -> dict[str, object]:
+    """The payload phase of a bulk transfer that ``plan["side"]`` aborts, on side ``role``; fills
+    ``result`` (see "Aborting"). Returns {first: monotonic time of the first payload byte or None,
+    digest: sha256 of what this side received or None, expected: that of the stream's first as many
+    bytes}. ``sock`` is closed when this side aborted."""
+    import hashlib
+
+    errors = result["errors"]
+    assert isinstance(errors, list)
+    receiving = role == _receiver(args.direction)
+    aborting = plan["side"] == role
+    after = plan["after"]
+    assert isinstance(after, int)
+    h = hashlib.sha256()
+    first = None
+    try:
+        if receiving:
+            first = recv_hash_until_eof(sock, h.update, deadline, progress, after if aborting else None)
+        else:
+            send_stream(sock, args.seed, after if aborting else args.size, deadline, progress)
+        if aborting:
+            result["abort_bytes"] = progress.bytes
+            _sample(result, sock, meta)  # before the abort, while the subflows are up
+            abort_close(sock, plan, deadline, result, errors)
+        elif receiving:
+            add_error(errors, f"the connection ended in order (EOF) after {progress.bytes} bytes: the peer's "
+                              "abort did not reset it")
+        else:  # everything was handed to the kernel before a reset came: the receiver never answers
+            sock.shutdown(socket.SHUT_WR)
+            line = recv_line(sock, deadline)
+            add_error(errors, "the peer sent its digest: it did not abort" if line else
+                      "the connection ended in order (EOF): the peer's abort did not reset it")
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        if aborting:
+            raise
+        result.update(peer_reset=True, reset_error=describe_error(exc), reset_bytes=progress.bytes)
+    if not aborting:
+        with contextlib.suppress(Exception):
+            _sample(result, sock, meta)
+    if not receiving:
+        return {"first": None, "digest": None, "expected": None}
+    digest, expected = h.hexdigest(), stream_digest(args.seed, progress.bytes)
+    if not digests_match(digest, expected):
+        add_error(errors, f"digest mismatch: the {progress.bytes} bytes received before the abort are not "
+                          "the start of the sender's stream")
+    return {"first": first, "digest": digest, "expected": expected}
+
+
 # ------------------------------------------------------------------------------------------ bulk
 
 
@@ -779,7 +939,12 @@ def run_bulk_server(args: argparse.Namespace) -> dict[str, object]:
     result.update(direction=args.direction, size=args.size, seed=args.seed, bytes=0, sha256=None,
                   seconds=None, peer=None, local=None, errors=errors)
     download = args.direction == "download"
-    if download:
+    plan = abort_plan(args)
+    if plan is not None:  # the receiving side judges the bytes that arrived before the abort
+        result.update(_abort_keys(plan, "server"), intact=None if download else False)
+        if not download:
+            result["sha256_expected"] = None
+    elif download:
         result.update(sha256_peer=None, intact=False)
     deadline = Deadline(args.timeout)
     lsock: socket.socket | None = None
@@ -803,7 +968,13 @@ def run_bulk_server(args: argparse.Namespace) -> dict[str, object]:
         # subflows through it, so closing it here would reset every join.
         result["peer"] = format_addr(peer)
         result["local"] = format_addr(conn.getsockname())
-        if not download:
+        if plan is not None:
+            moved = aborted_transfer(conn, args, plan, "server", deadline, progress, result, meta)
+            result["seconds"] = round(time.monotonic() - start, 6)
+            if not download:
+                result.update(sha256=moved["digest"], sha256_expected=moved["expected"],
+                              intact=moved["digest"] == moved["expected"])
+        elif not download:
             import hashlib
 
             h = hashlib.sha256()
@@ -822,10 +993,11 @@ def run_bulk_server(args: argparse.Namespace) -> dict[str, object]:
             if not result["intact"]:
                 add_error(errors, "digest mismatch: the client received different data"
                           if peer_digest else "the client sent no digest")
-        _sample(result, conn, meta)  # just before close
+        if plan is None:
+            _sample(result, conn, meta)  # just before close
     except (Exception, Stop) as exc:
         add_error(errors, describe_error(exc))
-        if conn is not None:
+        if conn is not None and conn.fileno() != -1:
             with contextlib.suppress(Exception):
                 _sample(result, conn, meta)
     finally:
@@ -844,6 +1016,9 @@ def run_bulk_client(args: argparse.Namespace) -> dict[str, object]:
                   via=_via_json(args.via), setup_seconds=None, established_seconds=None, syn_data=None,
                   via_error=None, errors=errors)
     upload = args.direction == "upload"
+    plan = abort_plan(args)
+    if plan is not None:
+        result.update(_abort_keys(plan, "client"))
     deadline = Deadline(args.timeout)
     sock: socket.socket | None = None
     meta: dict[str, object] = {}
@@ -864,44 +1039,62 @@ def run_bulk_client(args: argparse.Namespace) -> dict[str, object]:
                           established_seconds=round(connect_seconds, 6))
         start = time.monotonic()
         result.update(peer=format_addr(sock.getpeername()), local=format_addr(sock.getsockname()))
-        if upload:
-            send_stream(sock, args.seed, args.size, deadline, progress)
-            sock.shutdown(socket.SHUT_WR)
-            remote = recv_line(sock, deadline) or None
+        if plan is not None:
+            moved = aborted_transfer(sock, args, plan, "client", deadline, progress, result, meta)
             elapsed = time.monotonic() - start
+            if isinstance(moved["first"], float):
+                result["first_byte_seconds"] = round(moved["first"] - start, 6)
+            local, remote = moved["digest"], moved["expected"]
+            result.update(seconds=round(elapsed, 6),
+                          goodput_bps=round(progress.bytes * 8 / elapsed, 3) if elapsed > 0 else None)
+            close_quietly(sock)
+            sock = None
+            if upload:  # what this side sent; the server checks what it received
+                local = stream_digest(args.seed, progress.bytes)
+            completed = True
         else:
-            import hashlib
+            if upload:
+                send_stream(sock, args.seed, args.size, deadline, progress)
+                sock.shutdown(socket.SHUT_WR)
+                remote = recv_line(sock, deadline) or None
+                elapsed = time.monotonic() - start
+            else:
+                import hashlib
 
-            h = hashlib.sha256()
-            first = recv_hash_until_eof(sock, h.update, deadline, progress)
-            elapsed = time.monotonic() - start
-            if first is not None:
-                result["first_byte_seconds"] = round(first - start, 6)
-            local = h.hexdigest()
-            deadline.apply(sock)
-            sock.sendall(local.encode() + b"\n")
-        completed = True
-        result.update(seconds=round(elapsed, 6),
-                      goodput_bps=round(progress.bytes * 8 / elapsed, 3) if elapsed > 0 else None)
-        _sample(result, sock, meta)  # just before close, while the subflows are still up
-        close_quietly(sock)
-        sock = None
-        # The digest of the deterministic stream, computed outside the timed transfer.
-        if upload:
-            local = stream_digest(args.seed, args.size)
-        else:
-            remote = stream_digest(args.seed, args.size)
+                h = hashlib.sha256()
+                first = recv_hash_until_eof(sock, h.update, deadline, progress)
+                elapsed = time.monotonic() - start
+                if first is not None:
+                    result["first_byte_seconds"] = round(first - start, 6)
+                local = h.hexdigest()
+                deadline.apply(sock)
+                sock.sendall(local.encode() + b"\n")
+            completed = True
+            result.update(seconds=round(elapsed, 6),
+                          goodput_bps=round(progress.bytes * 8 / elapsed, 3) if elapsed > 0 else None)
+            _sample(result, sock, meta)  # just before close, while the subflows are still up
+            close_quietly(sock)
+            sock = None
+            # The digest of the deterministic stream, computed outside the timed transfer.
+            if upload:
+                local = stream_digest(args.seed, args.size)
+            else:
+                remote = stream_digest(args.seed, args.size)
     except (Exception, Stop) as exc:
         add_error(errors, describe_error(exc))
         if isinstance(exc, ViaError):
             result.update(via_error=exc.as_dict(), connect_seconds=_round(exc.timings.get("connect")),
                           established_seconds=_round(exc.timings.get("established")))
-        if sock is not None:
+        if sock is not None and sock.fileno() != -1:
             with contextlib.suppress(Exception):
                 _sample(result, sock, meta)
     finally:
         close_quietly(sock)
     nbytes = result["bytes"] = progress.bytes
+    if plan is not None:  # the receiving side judges the bytes that arrived before the abort
+        result.update(sha256_local=local, sha256_remote=remote,
+                      intact=digests_match(local, remote) if not upload else None)
+        return result
     intact = completed and nbytes == args.size and digests_match(local, remote)
     result.update(sha256_local=local, sha256_remote=remote, intact=intact)
     if completed and not intact:
@@ -1222,6 +1415,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", type=parse_size, required=not server, default=None, metavar="BYTES",
                        help="payload bytes" + (" (required for download)" if server else ""))
         p.add_argument("--seed", type=int, default=0, metavar="S", help="payload seed (default 0)")
+        p.add_argument("--abort-after", type=parse_size, default=None, metavar="BYTES",
+                       help="the transfer is aborted after BYTES of payload (less than --size; give the same "
+                            "--abort-* options to both sides)")
+        p.add_argument("--abort-side", choices=("client", "server"), default="client",
+                       help="the side that aborts (default client)")
+        p.add_argument("--abort-how", choices=("auto", "unread", "linger0", "both"), default="auto",
+                       help="unread: close with payload unread (receiving side only); linger0: close with "
+                            "SO_LINGER {1, 0}; both; auto (default): unread on the receiving side, else linger0")
 
     bulk(sub.add_parser("bulk-server", help="accept one bulk transfer"), True)
     bulk(sub.add_parser("bulk-client", help="run one bulk transfer"), False)
@@ -1256,6 +1457,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.direction == "download":
             parser.error("bulk-server --direction download needs --size")
         args.size = 0
+    if args.mode.startswith("bulk") and args.abort_after is not None:
+        if not 0 < args.abort_after < args.size:
+            parser.error("--abort-after must be more than 0 and less than --size"
+                         + (" (bulk-server needs --size to abort)" if not args.size else ""))
+        if args.abort_how in ("unread", "both") and args.abort_side != _receiver(args.direction):
+            parser.error(f"--abort-how {args.abort_how} needs the receiving side to abort "
+                         f"(--abort-side {_receiver(args.direction)} for --direction {args.direction})")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_signal)
     result: dict[str, object] | None = None

@@ -240,6 +240,8 @@ def setup_metrics(client: Any, ctx: Context) -> dict[str, Any]:
 def _bulk(w: Bulk, ctx: Context) -> dict:
     common = ["--port", str(w.port), "--protocol", w.protocol, "--direction", w.direction,
               "--size", str(w.size), "--seed", str(ctx.seed), "--timeout", str(w.timeout)]
+    if w.abort is not None:
+        common += ["--abort-after", str(w.abort.after), "--abort-side", w.abort.side, "--abort-how", w.abort.how]
     server_argv = _python("bulk-server", "--bind", "::", *common)
     if ctx.servers:
         servers = _start_servers(server_argv, ctx, "bulk-server")
@@ -258,11 +260,43 @@ def _bulk(w: Bulk, ctx: Context) -> dict:
     if timed_out or c is None:
         return {"ok": False, "error": "timed out" if timed_out else "client gave no result",
                 "client": c, "server": s, **multi}
+    if w.abort is not None:
+        return _aborted_bulk(w, c, s)
     intact = bool(c.get("intact"))
     return {"ok": intact and not c.get("errors"), "intact": intact, "bytes": c.get("bytes"),
             "seconds": c.get("seconds"), "goodput_bps": c.get("goodput_bps"),
             "is_mptcp": c.get("is_mptcp"), "client": c, "server": s, **multi,
             "error": "; ".join(c.get("errors") or []) or (None if intact else "digest mismatch")}
+
+
+def _aborted_bulk(w: Bulk, c: dict, s: dict | None) -> dict:
+    """A bulk transfer one side aborts on purpose: it completes when that side closed abruptly, the
+    other saw the connection reset (ECONNRESET/EPIPE) and the payload that arrived before is the
+    start of the stream. `intact` is the receiving side's check of that prefix; `bytes` what it got."""
+    assert w.abort is not None
+    sides = {"client": c, "server": s or {}}
+    side = w.abort.side
+    peer = "server" if side == "client" else "client"
+    aborter, other = sides[side], sides[peer]
+    receiver = sides["client" if w.direction == "download" else "server"]
+    problems = [f"{name}: {e}" for name, r in sides.items() for e in r.get("errors") or []]
+    if s is None:
+        problems.append("the server gave no result")
+    if not aborter.get("aborted"):
+        problems.append(f"the {side} did not abort")
+    if not other.get("peer_reset"):
+        problems.append(f"the {peer} saw no reset")
+    intact = receiver.get("intact")
+    summary = {"side": side, "how": w.abort_how(), "after": w.abort.after, "aborted": bool(aborter.get("aborted")),
+               "abort_bytes": aborter.get("abort_bytes"), "unread_bytes": aborter.get("unread_bytes"),
+               "unread_at_close": aborter.get("unread_at_close"), "linger_zero": aborter.get("linger_zero"),
+               "peer_reset": bool(other.get("peer_reset")), "reset_error": other.get("reset_error"),
+               "reset_bytes": other.get("reset_bytes")}
+    return {"ok": not problems and intact is True, "intact": intact, "bytes": receiver.get("bytes"),
+            "seconds": c.get("seconds"), "goodput_bps": c.get("goodput_bps"), "is_mptcp": c.get("is_mptcp"),
+            "aborted": summary["aborted"], "peer_reset": summary["peer_reset"], "abort": summary,
+            "client": c, "server": s,
+            "error": "; ".join(problems) or (None if intact else "the payload before the abort is not intact")}
 
 
 def _rr(w: RequestResponse, ctx: Context) -> dict:

@@ -91,7 +91,10 @@ def test_a_side_missing_a_required_feature_is_unsupported():
 
 
 def test_feature_table_by_version():
-    assert UPSTREAM["mp_prio"].since == (5, 12) and UPSTREAM["fastclose"].since == (5, 17)
+    # close() with unread data sends MP_FASTCLOSE since 6.1 (d21f83485518); 5.17's xmit path served disconnect
+    assert UPSTREAM["mp_prio"].since == (5, 12) and UPSTREAM["fastclose"].since == (6, 1)
+    assert "fastclose" in upstream_for_version("k", (6, 1), "6.1").features
+    assert "fastclose" not in upstream_for_version("k", (6, 0), "6.0").features
     fs = upstream_for_version("k", (5, 15), "5.15")
     assert {"fullmesh", "checksum", "mp_prio", "add_addr_port"} <= fs.features
     assert "fastclose" not in fs.features and "userspace_pm" not in fs.features
@@ -158,7 +161,7 @@ def test_requirements_implied_by_the_experiment():
     suite = load_suite(SUITE)
     loaded = load_experiment(ROOT / "experiments" / "scenarios" / "fullmesh.yaml")
     f = scenario_facts(suite.scenario("fullmesh"), loaded)
-    assert {"fullmesh", "join", "mib:MPJoinSynTx", "mib:MPCapableSYNACKRX"} <= set(f.requires["client"])
+    assert {"fullmesh", "join", "mib:MPJoinSynAckRx", "mib:MPCapableSYNACKRX"} <= set(f.requires["client"])
     assert {"signal", "mib:MPJoinAckRx"} <= set(f.requires["server"])
     backup = scenario_facts(suite.scenario("backup-path"), load_experiment(ROOT / "experiments" / "backup-path.yaml"))
     assert "stale_loss_cnt" in backup.requires["client"] and "mib:MPJoinSynBackupRx" in backup.requires["server"]
@@ -186,7 +189,10 @@ def test_the_shipped_suite_plans_every_cell_and_drops_none(tmp_path):
     by_key = {c.key: c for c in cells}
     assert by_key["basic-handshake/host/host"].expectation.expected_outcome == "mptcp"
     assert by_key["basic-handshake/tcp/host"].expectation.expected_outcome == "fallback"
-    assert by_key["fastclose/host/host"].expectation.status == "unavailable"
+    # the abort workload makes fastclose runnable: MPTCP on both sides, a plain-TCP side falls back
+    assert by_key["fastclose/host/host"].expectation.status == "run"
+    assert by_key["fastclose/host/host"].expectation.expected_outcome == "mptcp"
+    assert by_key["fastclose/tcp/host"].expectation.expected_outcome == "fallback"
     must = MatrixRunner(suite, tmp_path, must_include="tcp").plan()
     assert must and all("tcp" in (c.client, c.server) for c in must)
 
@@ -318,3 +324,73 @@ def test_report_html_renders_cells_that_made_nothing():
                               "name": "basic--host--tcp", "files": {"archive": "cells/x"}, "attempts": [{}]}}}
     html = render(matrix, Path("/nonexistent"))
     assert 'data-verdict="error"' in html and "manifest</a>" not in html
+
+
+def test_scenario_workload_overrides_and_failed_cells_timeouts(tmp_path):
+    """A suite may shorten a scenario's workloads for the matrix (an unknown workload name points at
+    the suite's line); a cell expected to fail gets its workload 5 s after the last event."""
+    from ruamel.yaml import YAML
+
+    runner = MatrixRunner(load_suite(SUITE), tmp_path, clients=["host", "tcp"], servers=["host"],
+                          scenarios=["aggregate", "link-failure"])
+    cells = {c.key: c for c in runner.plan()}
+    doc = YAML().load(runner.materialize(cells["aggregate/host/host"], tmp_path))
+    assert doc["workloads"][0]["size"] == "8MB"  # the suite's override; the experiment says 20MB
+    doc = YAML().load(runner.materialize(cells["link-failure/tcp/host"], tmp_path))
+    assert cells["link-failure/tcp/host"].expectation.expected_outcome == "failed"
+    assert doc["workloads"][0]["timeout"] == 6.5  # link down at 1.5 s, + 5 s
+    doc = YAML().load(runner.materialize(cells["link-failure/host/host"], tmp_path))
+    assert doc["workloads"][0]["timeout"] == "60s"  # expected to survive: the experiment's own
+
+    suite = write(tmp_path, "suite.yaml", f"""
+        name: s
+        implementations: {REGISTRY}
+        scenarios:
+          - name: short
+            experiment: {ROOT}/experiments/aggregate.yaml
+            workloads: {{blk: {{size: 1MB}}}}
+        """)
+    with pytest.raises(SpecError) as exc:
+        MatrixRunner(load_suite(suite), tmp_path, clients=["host"], servers=["host"]).plan()
+    (line,) = [str(x) for x in exc.value.problems]
+    assert "suite.yaml:6:" in line and "no workload 'blk'" in line and "bulk" in line, line
+    suite.write_text(suite.read_text().replace("blk: {size: 1MB}", "bulk: {size: lots}"))
+    with pytest.raises(SpecError) as exc:
+        MatrixRunner(load_suite(suite), tmp_path, clients=["host"], servers=["host"]).plan()
+    (line,) = [str(x) for x in exc.value.problems]
+    assert "suite.yaml:6:" in line and "workloads[0].size" in line and "'lots'" in line, line
+
+
+def test_a_counter_the_kernel_lacks_is_absent_not_zero():
+    from testbed.spec.experiment import Experiment
+    from testbed.verdict import Measurements, judge
+
+    exp = Experiment.model_validate({"name": "e", "topology": "t.yaml", "workloads": [{"type": "ping"}],
+                                     "expect": {"counters": {"server.MPTcpExtAddAddrTx": {"min": 1},
+                                                             "client.MPTcpExtAddAddr": {"min": 1}}}})
+    m = Measurements({}, {}, {"client": {"MPTcpExtAddAddr": 1}}, None, {},
+                     present={"server": {"MPTcpExtAddAddr"}, "client": {"MPTcpExtAddAddr"}})
+    checks = {c.name: c for c in judge(exp, m, "none")}
+    assert checks["counter server.MPTcpExtAddAddrTx"].measured == "absent"
+    assert checks["counter server.MPTcpExtAddAddrTx"].verdict == "fail"
+    assert "has no AddAddrTx" not in checks["counter server.MPTcpExtAddAddrTx"].detail  # full name given
+    assert "MPTcpExtAddAddrTx" in checks["counter server.MPTcpExtAddAddrTx"].detail
+    assert checks["counter client.MPTcpExtAddAddr"].verdict == "pass"
+
+
+def test_a_guest_image_s_recorded_counters_decide_counter_checks(tmp_path, monkeypatch):
+    """Debian's 6.1 carries MPJoinSynBackupRx (upstream 6.11) by backport: what the kernel showed at
+    its first boot wins over the version table."""
+    from testbed.matrix import features
+
+    impl = load_registry(REGISTRY).registry.implementations["linux-6.1"]
+
+    class Built:
+        mptcp = True
+        mptcp_counters = frozenset({"MPJoinSynBackupRx", "MPCapableSYNACKRX"})
+
+    monkeypatch.setattr(features, "_image", lambda target: Built())
+    fs = feature_set("linux-6.1", impl)
+    assert fs.has("mib:MPJoinSynBackupRx") and not fs.has("mib:AddAddrTx")
+    monkeypatch.setattr(features, "_image", lambda target: None)
+    assert not feature_set("linux-6.1", impl).has("mib:MPJoinSynBackupRx")  # the table: 6.11+
