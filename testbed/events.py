@@ -10,16 +10,46 @@ from typing import Any
 from testbed.spec.experiment import Event
 
 
+class Origin:
+    """When the workloads got under way: the first workload's connection (a bulk client's), else its
+    start. Events and path windows count from it, so a slow start-up (a client in an emulated guest
+    takes a second or more) does not eat into them."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self._set = threading.Event()
+        self._lock = threading.Lock()
+
+    def mark(self) -> None:
+        with self._lock:
+            if self.at is None:
+                self.at = time.monotonic()
+                self._set.set()
+
+    def wait(self, stop: threading.Event) -> float | None:
+        while not self._set.wait(0.05):
+            if stop.is_set():
+                return None
+        return self.at
+
+
 class Timeline:
-    def __init__(self, events: list[Event], apply: Callable[[Event], Any], t0: float):
+    def __init__(self, events: list[Event], apply: Callable[[Event], Any], origin: Origin):
         self.events = sorted(events, key=lambda e: e.at)
         self.apply = apply
-        self.t0 = t0
+        self.origin = origin
+        self.t0 = 0.0
         self.log: list[dict] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="events", daemon=True)
 
     def _loop(self) -> None:
+        t0 = self.origin.wait(self._stop)
+        if t0 is None:
+            self.log += [{"at": e.at, "action": e.action, "executed": False, "error": "workloads ended first"}
+                         for e in self.events]
+            return
+        self.t0 = t0
         for event in self.events:
             if self._stop.wait(max(0.0, self.t0 + event.at - time.monotonic())):
                 self.log.append({"at": event.at, "action": event.action, "executed": False,

@@ -21,7 +21,7 @@ from testbed.collect.linkbytes import Sampler
 from testbed.collect.sockets import SocketSampler
 from testbed.emulation.nodeexec import parallel
 from testbed.errors import CapabilityError, RunError
-from testbed.events import Timeline
+from testbed.events import Origin, Timeline
 from testbed.spec.experiment import (
     BackupEvent,
     Bulk,
@@ -311,7 +311,8 @@ class Runner:
         sampler = Sampler(refs, self.exp.sample_interval, t0)
         hosts = {n: nodes[n] for n in nodes if self.res.topology.nodes[n].kind == "host"}
         sockets = SocketSampler(hosts, 1.0, t0)
-        timeline = Timeline(self.exp.events, self._apply_event, t0)
+        self._origin = Origin()  # the first workload's connection: events and path windows count from it
+        timeline = Timeline(self.exp.events, self._apply_event, self._origin)
         sampler.start()
         sockets.start()
         timeline.start()
@@ -338,7 +339,14 @@ class Runner:
         self.manifest["counters"] = {n: {k: v for k, v in d.items() if k.startswith(("MPTcpExt", "MPTCP"))}
                                      for n, d in deltas.items()}
         specs = dict(zip(self.exp.workload_names(), self.exp.workloads, strict=True))
-        m = Measurements(results, specs, deltas, sampler.bytes_between,
+        offset = (self._origin.at - t0) if self._origin.at is not None else 0.0
+        self.manifest["timing"]["origin_seconds"] = round(offset, 4)  # windows and events count from here
+
+        def path_bytes(ref: str, start: float | None, end: float | None) -> int:
+            return sampler.bytes_between(ref, None if start is None else start + offset,
+                                         None if end is None else end + offset)
+
+        m = Measurements(results, specs, deltas, path_bytes,
                          {n: [i.name for i in self.res.interfaces[n]] for n in nodes}, sockets=sockets.snapshots,
                          addresses={i.ref: [str(a.ip) for a in (i.address, i.address6) if a is not None]
                                     for n in nodes for i in self.res.interfaces[n]},
@@ -457,7 +465,9 @@ class Runner:
                 log_dir = run_dir.path(f"workloads/{name}/x").parent
                 ctx = drivers.Context(nodes[w.client], nodes[w.servers[0] if w.servers else w.server],
                                       self._target(w), log_dir, state, self.seed,
-                                      servers={s: nodes[s] for s in w.servers})
+                                      servers={s: nodes[s] for s in w.servers}, on_started=self._origin.mark)
+                if w.type != "bulk":  # only bulk clients say when they are connected
+                    self._origin.mark()
                 drivers.add_path_info(ctx, self.res, w)  # via node address, configured path RTT
 
                 def work(name=name, w=w, ctx=ctx):

@@ -141,7 +141,7 @@ Workload = Annotated[Bulk | RequestResponse | Iperf3 | Ping | Probe, Field(discr
 
 
 class EventBase(Model):
-    at: Duration = Field(description="time after the first workload starts")
+    at: Duration = Field(description="time after the workloads got under way: the first bulk client's connection, else the first workload's start")
 
 
 class LinkEvent(EventBase):
@@ -217,7 +217,7 @@ class PathExpect(Model):
     max_share: Percent | None = None
     min_bytes: Size | None = None
     max_bytes: Size | None = None
-    start: Duration | None = Field(None, description="window start, after the first workload starts")
+    start: Duration | None = Field(None, description="window start, from when the workloads got under way (as events)")
     end: Duration | None = None
 
 

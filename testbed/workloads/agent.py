@@ -623,6 +623,13 @@ def say_ready() -> None:
     sys.stdout.flush()
 
 
+def say_connected() -> None:
+    """The client's connection is established: the runner times events and path windows from here."""
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.write("connected\n")
+        sys.stdout.flush()
+
+
 # --------------------------------------------------------- through a proxy: RFC 8803 converter, SOCKS5
 
 # Error names as in testbed.spec.functions.converter.ERRORS and socks.REPLIES (a unit test keeps them equal).
@@ -1037,6 +1044,7 @@ def run_bulk_client(args: argparse.Namespace) -> dict[str, object]:
                                                   args.connect_retries, deadline, result)
             result.update(connect_seconds=round(connect_seconds, 6), setup_seconds=round(connect_seconds, 6),
                           established_seconds=round(connect_seconds, 6))
+        say_connected()
         start = time.monotonic()
         result.update(peer=format_addr(sock.getpeername()), local=format_addr(sock.getsockname()))
         if plan is not None:

@@ -217,10 +217,14 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 
 def _one_json(stdout: str, ready: bool = False) -> dict:
-    """The output must be exactly one JSON line (after the ``ready`` line for servers)."""
+    """The output must be exactly one JSON line (after the ``ready`` line for servers, after the
+    ``connected`` line of a bulk client that connected)."""
     lines = stdout.splitlines()
     if ready:
         assert lines and lines[0] == "ready", stdout
+        lines = lines[1:]
+    if lines and lines[0] == "connected":
+        assert '"mode": "bulk-client"' in lines[-1], stdout  # only bulk clients say so
         lines = lines[1:]
     assert len(lines) == 1, stdout
     result = json.loads(lines[0])

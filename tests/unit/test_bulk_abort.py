@@ -172,7 +172,7 @@ client = subprocess.run([py, "-S", agent, "bulk-client", "--connect", "127.0.0.1
 sout, _ = server.communicate(timeout=40)
 time.sleep(0.2)
 after = counters()
-print(json.dumps({"client": json.loads(client.stdout), "client_rc": client.returncode,
+print(json.dumps({"client": json.loads(client.stdout.splitlines()[-1]), "client_rc": client.returncode,
                   "server": json.loads(sout), "server_rc": server.returncode,
                   "delta": {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}}))
 """
