@@ -43,11 +43,38 @@ def snapshot(pid: int) -> dict[str, int]:
     return out
 
 
+# The out-of-tree v0.9x kernels (multipath-tcp.org) count in /proc/net/mptcp_net/snmp under their own
+# names (mptcp_snmp_list in net/mptcp/mptcp_ctrl.c). Those that count the same event as an upstream
+# MPTcpExt counter are also given its name, so that outcome detection and scenario counter checks
+# read a v0 kernel like an upstream one. Not exercised here: no v0.92 kernel runs on this machine.
+V0_AS_UPSTREAM = {
+    **{n: n for n in ("MPCapableSYNRX", "MPCapableSYNTX", "MPCapableSYNACKRX", "MPCapableACKRX",
+                      "MPCapableFallbackACK", "MPCapableFallbackSYNACK", "MPTCPRetrans", "MPJoinNoTokenFound",
+                      "MPJoinSynTx", "MPJoinSynRx", "MPJoinSynAckRx", "MPJoinSynAckHMacFailure", "MPJoinAckRx",
+                      "MPJoinAckHMacFailure", "NoDSSInWindow", "DSSNotMatching", "InfiniteMapRx", "DSSNoMatchTCP",
+                      "AddAddrTx")},
+    "MPFailRX": "MPFailRx", "MPFastcloseRX": "MPFastcloseRx", "MPFastcloseTX": "MPFastcloseTx",
+    "MPCsumFail": "DataCsumErr", "AddAddrRx": "AddAddr", "RemAddrRx": "RmAddr", "RemAddrTx": "RmAddrTx",
+}
+
+
+def with_upstream_names(counters: dict[str, int]) -> dict[str, int]:
+    """`counters` plus, for a v0.9x kernel (MPTCP* names, no MPTcpExt*), the upstream names of the
+    counters that mean the same (V0_AS_UPSTREAM)."""
+    if any(k.startswith("MPTcpExt") for k in counters):
+        return counters
+    out = dict(counters)
+    for v0, upstream in V0_AS_UPSTREAM.items():
+        if f"MPTCP{v0}" in counters:
+            out.setdefault(f"MPTcpExt{upstream}", counters[f"MPTCP{v0}"])
+    return out
+
+
 def of_node(node: Any) -> dict[str, int]:
     """A node's counters: a namespace node's from /proc/<pid>/net, a QEMU guest's (a node with its own
-    `counters()`) from the guest's kernel."""
+    `counters()`) from the guest's kernel; a v0.9x kernel's also under upstream names."""
     own = getattr(node, "counters", None)
-    return own() if callable(own) else snapshot(node.pid)
+    return with_upstream_names(own() if callable(own) else snapshot(node.pid))
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

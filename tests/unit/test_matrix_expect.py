@@ -394,3 +394,18 @@ def test_a_guest_image_s_recorded_counters_decide_counter_checks(tmp_path, monke
     assert fs.has("mib:MPJoinSynBackupRx") and not fs.has("mib:AddAddrTx")
     monkeypatch.setattr(features, "_image", lambda target: None)
     assert not feature_set("linux-6.1", impl).has("mib:MPJoinSynBackupRx")  # the table: 6.11+
+
+
+def test_a_v0_kernel_s_counters_read_under_upstream_names():
+    """A v0.92 kernel counts in /proc/net/mptcp_net/snmp (MPTCP* names): the outcome and scenario
+    checks read the counters that mean the same under their upstream names."""
+    from testbed.collect.counters import with_upstream_names
+
+    v0 = {"MPTCPMPCapableSYNACKRX": 1, "MPTCPMPJoinSynAckRx": 2, "MPTCPAddAddrRx": 1, "MPTCPMPFastcloseTX": 1,
+          "MPTCPMPCapableRetransFallback": 0, "TcpExtTW": 3}
+    named = with_upstream_names(v0)
+    assert named["MPTcpExtMPCapableSYNACKRX"] == 1 and named["MPTcpExtMPJoinSynAckRx"] == 2
+    assert named["MPTcpExtAddAddr"] == 1 and named["MPTcpExtMPFastcloseTx"] == 1
+    assert "MPTcpExtMPCapableRetransFallback" not in named  # no upstream counter means the same
+    upstream = {"MPTcpExtMPCapableSYNACKRX": 1, "TcpExtTW": 3}
+    assert with_upstream_names(upstream) == upstream
