@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shaping", choices=["auto", "netem", "fallback"])
     d = sub.add_parser("demo", help="the interop matrix host, linux-6.1, tcp × the hackathon suite")
     d.add_argument("--results", type=Path, default=Path("results"))
-    d.add_argument("--jobs", type=int, default=2, help="cells in parallel (default: 2)")
+    d.add_argument("--jobs", type=int, default=3,
+                   help="cells in parallel (default: 3; guest cells never outnumber the cores)")
     d.add_argument("--experiments", action="store_true",
                    help="instead, run the shipped single experiments one after another")
     v = sub.add_parser("verify", help="check a run directory against its manifest")

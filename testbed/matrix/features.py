@@ -128,9 +128,11 @@ MIB_SINCE: dict[str, Version] = {
     **dict.fromkeys(("SubflowStale", "SubflowRecover"), (5, 15)),                       # [stale]
     # Bounded by sources: absent in 5.10 [mib510], present in trees that have DataCsumErr but not yet
     # InfiniteMapTx (5.18): the later bound is used.
-    **dict.fromkeys(("MPCapableSYNTX", "MPCapableSYNACKRX", "AddAddrTx", "AddAddrTxDrop", "RmAddrTx",
-                     "RmAddrTxDrop", "MPFastcloseTx", "MPFastcloseRx", "MPFailTx", "MPFailRx",
-                     "InfiniteMapTx"), (5, 18)),                                         # [fclose]
+    **dict.fromkeys(("MPCapableSYNTX", "MPCapableSYNACKRX", "MPFastcloseTx", "MPFastcloseRx", "MPFailTx",
+                     "MPFailRx", "InfiniteMapTx"), (5, 18)),                             # [fclose]
+    # Absent from Debian's 6.1.192 (its counters, read at boot), so later than the 5.18 bound above;
+    # the first release is not pinned down: 6.2 is a lower bound. Recorded counters win anyway.
+    **dict.fromkeys(("AddAddrTx", "AddAddrTxDrop", "RmAddrTx", "RmAddrTxDrop"), (6, 2)),
     **dict.fromkeys(("MPJoinSynTx", "MPJoinSynTxCreatSkErr", "MPJoinSynTxBindErr", "MPJoinSynTxConnectErr",
                      "MPJoinRejected"), (6, 10)),
     **dict.fromkeys(("MPJoinSynBackupRx", "MPJoinSynAckBackupRx"), (6, 11)),           # [bkmib]
@@ -178,6 +180,8 @@ class FeatureSet:
             name = feature[4:]
             since = MIB_SINCE.get(name)
             where = f"kernel {self.kernel}" if self.kernel else "this kernel"
+            if self.counters is not None:  # the kernel's own list, not a version table
+                return f"{where} has no MPTcpExt{name} counter (its counters, as read from the kernel)"
             return (f"{where} has no MPTcpExt{name} counter" + (f" (upstream ≥ {since[0]}.{since[1]})" if since else ""))
         if feature in self.missing_why:
             return self.missing_why[feature]

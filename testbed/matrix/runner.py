@@ -52,7 +52,7 @@ VERDICTS = ("as-expected", "unexpected", "unsupported", "unavailable", "flaky", 
 KILL_GRACE = 15.0  # seconds a timed-out cell gets to tear down after SIGTERM before SIGKILL
 NAME_LIMIT = 48
 FAILED_WORKLOAD_TIMEOUT = 20.0  # seconds a workload expected to fail is given
-FAILED_AFTER_LAST_EVENT = 5.0  # ... or this long after the scenario's last event (which takes its path away)
+FAILED_AFTER_LAST_EVENT = 3.0  # ... or this long after the scenario's last event (which takes its path away for good)
 
 
 @dataclass
@@ -540,7 +540,8 @@ class MatrixRunner:
         (run_dir.tmp / "inputs" / "cells").mkdir(parents=True, exist_ok=True)
 
     def _schedule(self, todo: list[Cell], cells_dir: Path) -> None:
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
 
         from rich.progress import (
             BarColumn,
@@ -557,21 +558,32 @@ class MatrixRunner:
         for cell in self.cells:
             if cell.verdict is not None:  # not runnable here, or refused before running
                 self._say(progress, cell)
+        picker = _Picker(todo, guest_units())
+        finished: queue.Queue[tuple[Cell, BaseException | None]] = queue.Queue()
+
+        def worker() -> None:
+            while (cell := picker.take()) is not None:
+                try:
+                    self._run_cell(cell, cells_dir, progress, task)
+                    finished.put((cell, None))
+                except BaseException as exc:  # noqa: BLE001 - reported as the cell's error
+                    finished.put((cell, exc))
+                finally:
+                    picker.done(cell)
+
         with progress, ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cell") as pool:
             task = progress.add_task(f"matrix {self.suite.name}", total=len(todo), current="")
-            futures = {pool.submit(self._run_cell, cell, cells_dir, progress, task): cell for cell in todo}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    cell = futures[fut]
-                    exc = fut.exception()
-                    if exc is not None:
-                        cell.verdict, cell.reason = "error", f"the matrix failed running this cell: {exc!r}"
-                    elif cell.verdict is None:
-                        cell.verdict, cell.reason = combine(cell.attempts)
-                    progress.advance(task)
-                    self._say(progress, cell)
+            workers = [pool.submit(worker) for _ in range(self.jobs)]
+            for _ in todo:
+                cell, exc = finished.get()
+                if exc is not None:
+                    cell.verdict, cell.reason = "error", f"the matrix failed running this cell: {exc!r}"
+                elif cell.verdict is None:
+                    cell.verdict, cell.reason = combine(cell.attempts)
+                progress.advance(task)
+                self._say(progress, cell)
+            for w in workers:
+                w.result()
             progress.update(task, current="")
 
     def _say(self, progress: Any, cell: Cell) -> None:
@@ -682,6 +694,46 @@ class MatrixRunner:
             procs = list(self.running.values())
         for proc in procs:
             _signal_group(proc, signal.SIGKILL if self.signals >= 3 else signum)
+
+
+def guest_units() -> int:
+    """How many guests may run cells at once: an emulated (TCG) guest keeps a core busy while it moves
+    data, so more guests than cores starve each other and their timing-sensitive cells."""
+    return max(1, os.cpu_count() or 1)
+
+
+class _Picker:
+    """Hands the next cell to a free worker: the first pending one whose guests fit in the guest
+    units left (a cell with no guest always fits; one needing more units than exist runs when all
+    are free). Guest cells keep their order, so a two-guest cell is not passed over until the end;
+    host cells run beside them rather than waiting behind them."""
+
+    def __init__(self, cells: list[Cell], units: int) -> None:
+        self.pending = list(cells)
+        self.units = units
+        self.free = units
+        self.cond = threading.Condition()
+
+    def _need(self, cell: Cell) -> int:
+        return min(len(cell.guests), self.units)
+
+    def take(self) -> Cell | None:
+        with self.cond:
+            while self.pending:
+                waiting = False  # a guest cell ahead is waiting for units: later guest cells may not pass it
+                for i, cell in enumerate(self.pending):
+                    need = self._need(cell)
+                    if need == 0 or (not waiting and need <= self.free):
+                        self.free -= need
+                        return self.pending.pop(i)
+                    waiting = True
+                self.cond.wait()
+            return None
+
+    def done(self, cell: Cell) -> None:
+        with self.cond:
+            self.free += self._need(cell)
+            self.cond.notify_all()
 
 
 class _SignalForwarder:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -328,19 +329,19 @@ def test_report_html_renders_cells_that_made_nothing():
 
 def test_scenario_workload_overrides_and_failed_cells_timeouts(tmp_path):
     """A suite may shorten a scenario's workloads for the matrix (an unknown workload name points at
-    the suite's line); a cell expected to fail gets its workload 5 s after the last event."""
+    the suite's line); a cell expected to fail gets its workload 3 s after the last event."""
     from ruamel.yaml import YAML
 
     runner = MatrixRunner(load_suite(SUITE), tmp_path, clients=["host", "tcp"], servers=["host"],
-                          scenarios=["aggregate", "link-failure"])
+                          scenarios=["backup-path", "link-failure"])
     cells = {c.key: c for c in runner.plan()}
-    doc = YAML().load(runner.materialize(cells["aggregate/host/host"], tmp_path))
-    assert doc["workloads"][0]["size"] == "8MB"  # the suite's override; the experiment says 20MB
+    doc = YAML().load(runner.materialize(cells["backup-path/host/host"], tmp_path))
+    assert doc["workloads"][0]["size"] == "8MB"  # the suite's override; the experiment says 12MB
     doc = YAML().load(runner.materialize(cells["link-failure/tcp/host"], tmp_path))
     assert cells["link-failure/tcp/host"].expectation.expected_outcome == "failed"
-    assert doc["workloads"][0]["timeout"] == 6.5  # link down at 1.5 s, + 5 s
+    assert doc["workloads"][0]["timeout"] == 4.5  # link down at 1.5 s, + 3 s
     doc = YAML().load(runner.materialize(cells["link-failure/host/host"], tmp_path))
-    assert doc["workloads"][0]["timeout"] == "60s"  # expected to survive: the experiment's own
+    assert doc["workloads"][0]["timeout"] == "60s" and doc["workloads"][0]["size"] == "10MB"  # survives
 
     suite = write(tmp_path, "suite.yaml", f"""
         name: s
@@ -409,3 +410,34 @@ def test_a_v0_kernel_s_counters_read_under_upstream_names():
     assert "MPTcpExtMPCapableRetransFallback" not in named  # no upstream counter means the same
     upstream = {"MPTcpExtMPCapableSYNACKRX": 1, "TcpExtTW": 3}
     assert with_upstream_names(upstream) == upstream
+
+
+def test_guest_cells_never_outnumber_the_guest_units():
+    """With 2 units: two one-guest cells may run together, a two-guest cell runs alone among guest
+    cells, and host cells are handed out while guest cells wait."""
+    from testbed.matrix.expect import Expectation
+    from testbed.matrix.guests import GuestNeed
+    from testbed.matrix.runner import Cell, _Picker
+
+    def cell(name: str, guests: int) -> Cell:
+        return Cell(name, "c", "s", Expectation("run", None, None, ""), name,
+                    guests=[GuestNeed("linux-6.1", 2)] * guests)
+
+    a, b, both, c, host = cell("a", 1), cell("b", 1), cell("both", 2), cell("c", 1), cell("host", 0)
+    picker = _Picker([a, b, both, c, host], units=2)
+    assert picker.take() is a and picker.take() is b
+    assert picker.take() is host  # no unit left: the host cell goes ahead of the guest cells
+    picker.done(a)
+    taken: list = []
+    waiter = threading.Thread(target=lambda: taken.append(picker.take()))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # 'both' waits for both units, and 'c' may not pass it
+    picker.done(b)
+    waiter.join(2)
+    assert taken == [both] and picker.free == 0
+    picker.done(both)
+    assert picker.take() is c
+    picker.done(c)
+    picker.done(host)
+    assert picker.take() is None and picker.free == 2
