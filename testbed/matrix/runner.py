@@ -467,6 +467,8 @@ class MatrixRunner:
             for cell in runnable:  # validated by plan()
                 cell.yaml = self.materialize(cell, run_dir.tmp / "inputs" / "cells", check=False)
             self._schedule(runnable, cells_dir)
+            if self.lender is not None:  # before the archive is finalized: the guests' console logs go in it
+                self.lender.close()
             for cell in runnable:
                 if cell.verdict is None:
                     cell.verdict, cell.reason = combine(cell.attempts)

@@ -112,4 +112,6 @@ def test_the_matrix_boots_each_guest_once(tmp_path):
                 assert nodes[role]["reused"] and nodes[role]["kernel"].startswith("6.1."), nodes[role]
                 names.add(nodes[role]["guest"])
     assert len(names) == 2
-    assert (run_dir / "logs" / "guests").is_dir()  # the guests' consoles, kept when they shut down
+    consoles = sorted(p.name for p in (run_dir / "logs" / "guests").iterdir())
+    assert len(consoles) == 4 and all(n.endswith(("-console.log", "-qemu.log")) for n in consoles), consoles
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]  # nothing written after finalize
