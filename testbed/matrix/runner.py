@@ -52,6 +52,7 @@ VERDICTS = ("as-expected", "unexpected", "unsupported", "unavailable", "flaky", 
 KILL_GRACE = 15.0  # seconds a timed-out cell gets to tear down after SIGTERM before SIGKILL
 NAME_LIMIT = 48
 FAILED_WORKLOAD_TIMEOUT = 20.0  # seconds a workload expected to fail is given
+CELL_WORKLOAD_TIMEOUT = 30.0  # at most, for any workload of a cell (the scenarios' transfers take seconds)
 FAILED_AFTER_LAST_EVENT = 3.0  # ... or this long after the scenario's last event (which takes its path away for good)
 
 
@@ -377,6 +378,9 @@ class MatrixRunner:
         data["stacks"] = stacks
         for w in data.get("workloads") or []:
             w.update(scenario.workloads.get(w.get("name") or w.get("type"), {}))
+        for w in data.get("workloads") or []:  # a hung cell must not hold the table up for minutes
+            if parse_duration(w.get("timeout", 60)) > CELL_WORKLOAD_TIMEOUT:
+                w["timeout"] = CELL_WORKLOAD_TIMEOUT
         if cell.expectation.mode == "fallback":
             data["expect"] = fallback_expect(self.facts[cell.scenario].has_bulk, cell.expectation.expected_outcome
                                              or "fallback")
@@ -707,8 +711,8 @@ def guest_units() -> int:
 class _Picker:
     """Hands the next cell to a free worker: the first pending one whose guests fit in the guest
     units left (a cell with no guest always fits; one needing more units than exist runs when all
-    are free). Guest cells keep their order, so a two-guest cell is not passed over until the end;
-    host cells run beside them rather than waiting behind them."""
+    are free). Units never idle while a guest cell that fits is pending, so a two-guest cell may be
+    passed over until the one-guest cells are done (it runs at the end); host cells run beside."""
 
     def __init__(self, cells: list[Cell], units: int) -> None:
         self.pending = list(cells)
@@ -722,13 +726,10 @@ class _Picker:
     def take(self) -> Cell | None:
         with self.cond:
             while self.pending:
-                waiting = False  # a guest cell ahead is waiting for units: later guest cells may not pass it
                 for i, cell in enumerate(self.pending):
-                    need = self._need(cell)
-                    if need == 0 or (not waiting and need <= self.free):
-                        self.free -= need
+                    if self._need(cell) <= self.free:
+                        self.free -= self._need(cell)
                         return self.pending.pop(i)
-                    waiting = True
                 self.cond.wait()
             return None
 

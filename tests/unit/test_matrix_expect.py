@@ -341,7 +341,7 @@ def test_scenario_workload_overrides_and_failed_cells_timeouts(tmp_path):
     assert cells["link-failure/tcp/host"].expectation.expected_outcome == "failed"
     assert doc["workloads"][0]["timeout"] == 4.5  # link down at 1.5 s, + 3 s
     doc = YAML().load(runner.materialize(cells["link-failure/host/host"], tmp_path))
-    assert doc["workloads"][0]["timeout"] == "60s" and doc["workloads"][0]["size"] == "10MB"  # survives
+    assert doc["workloads"][0]["timeout"] == 30 and doc["workloads"][0]["size"] == "10MB"  # capped for cells
 
     suite = write(tmp_path, "suite.yaml", f"""
         name: s
@@ -424,20 +424,20 @@ def test_guest_cells_never_outnumber_the_guest_units():
                     guests=[GuestNeed("linux-6.1", 2)] * guests)
 
     a, b, both, c, host = cell("a", 1), cell("b", 1), cell("both", 2), cell("c", 1), cell("host", 0)
-    picker = _Picker([a, b, both, c, host], units=2)
-    assert picker.take() is a and picker.take() is b
+    picker = _Picker([a, both, b, c, host], units=2)
+    assert picker.take() is a and picker.take() is b  # 'both' does not fit beside a: b does
     assert picker.take() is host  # no unit left: the host cell goes ahead of the guest cells
     picker.done(a)
+    assert picker.take() is c  # a unit is free: the next guest cell that fits takes it
     taken: list = []
     waiter = threading.Thread(target=lambda: taken.append(picker.take()))
     waiter.start()
     waiter.join(0.3)
-    assert waiter.is_alive()  # 'both' waits for both units, and 'c' may not pass it
+    assert waiter.is_alive()  # 'both' waits for both units
     picker.done(b)
+    picker.done(c)
     waiter.join(2)
     assert taken == [both] and picker.free == 0
     picker.done(both)
-    assert picker.take() is c
-    picker.done(c)
     picker.done(host)
     assert picker.take() is None and picker.free == 2
