@@ -34,9 +34,12 @@ class Origin:
 
 
 class Timeline:
-    def __init__(self, events: list[Event], apply: Callable[[Event], Any], origin: Origin):
+    def __init__(self, events: list[Event], apply: Callable[[Event], Any], origin: Origin,
+                 counter: Callable[[str, str], int] = lambda node, name: 0):
+        """`counter(node, name)`: how much a counter rose since the workloads started (for wait_for)."""
         self.events = sorted(events, key=lambda e: e.at)
         self.apply = apply
+        self.counter = counter
         self.origin = origin
         self.t0 = 0.0
         self.log: list[dict] = []
@@ -55,15 +58,37 @@ class Timeline:
                 self.log.append({"at": event.at, "action": event.action, "executed": False,
                                  "error": "workloads ended first"})
                 continue
+            waited = self._wait_for(event)
+            if waited is None:
+                self.log.append({"at": event.at, "action": event.action, "executed": False,
+                                 "error": "workloads ended first" if self._stop.is_set() else
+                                 f"wait_for not met within {event.wait_timeout:g} s: {event.wait_for}"})
+                continue
             started = time.monotonic() - self.t0
             entry: dict[str, Any] = {"at": event.at, "action": event.action, "executed_at": round(started, 4),
                                      "event": event.model_dump(mode="json", exclude_none=True)}
+            if event.wait_for:
+                entry["waited"] = round(waited, 4)
             try:
                 detail = self.apply(event)
                 entry.update(executed=True, detail=detail)
             except Exception as exc:  # noqa: BLE001 - recorded as the event's outcome, judged later
                 entry.update(executed=False, error=str(exc))
             self.log.append(entry)
+
+    def _wait_for(self, event: Event) -> float | None:
+        """Seconds spent waiting until every wait_for counter moved enough; None if it did not in time."""
+        if not event.wait_for:
+            return 0.0
+        began = time.monotonic()
+        while True:
+            try:
+                if all(self.counter(*key.split(".", 1)) >= need for key, need in event.wait_for.items()):
+                    return time.monotonic() - began
+            except Exception:  # noqa: BLE001 - a node that cannot be read now may be readable in a moment
+                pass
+            if self._stop.wait(0.05) or time.monotonic() - began > event.wait_timeout:
+                return None
 
     def start(self) -> None:
         if self.events:

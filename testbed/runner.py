@@ -312,7 +312,8 @@ class Runner:
         hosts = {n: nodes[n] for n in nodes if self.res.topology.nodes[n].kind == "host"}
         sockets = SocketSampler(hosts, 1.0, t0)
         self._origin = Origin()  # the first workload's connection: events and path windows count from it
-        timeline = Timeline(self.exp.events, self._apply_event, self._origin)
+        timeline = Timeline(self.exp.events, self._apply_event, self._origin,
+                            lambda node, name: counters_mod.of_node(nodes[node]).get(name, 0) - before[node].get(name, 0))
         sampler.start()
         sockets.start()
         timeline.start()

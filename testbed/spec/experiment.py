@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from testbed.spec.model import Model
@@ -142,6 +142,13 @@ Workload = Annotated[Bulk | RequestResponse | Iperf3 | Ping | Probe, Field(discr
 
 class EventBase(Model):
     at: Duration = Field(description="time after the workloads got under way: the first bulk client's connection, else the first workload's start")
+    wait_for: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_]+$")],
+                   Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="counters ('node.Counter': minimum increase since the workloads started) that must have "
+                    "moved before the event fires, however late (at most wait_timeout): e.g. the MP_JOIN an "
+                    "MP_PRIO is about, {client.MPTcpExtMPJoinSynAckRx: 1}")
+    wait_timeout: Duration = Field(10.0, gt=0, description="how long past `at` the event waits for wait_for")
 
 
 class LinkEvent(EventBase):

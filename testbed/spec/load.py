@@ -152,6 +152,8 @@ def check_references(exp: Experiment, res: Resolved, doc: Document) -> list[Prob
     for i, ev in enumerate(exp.events):
         if hasattr(ev, "link"):
             ref_ok(("events", i, "link"), ev.link)
+        for key in ev.wait_for:
+            node_ok(("events", i, "wait_for", key), key.partition(".")[0])
         if hasattr(ev, "node") and node_ok(("events", i, "node"), ev.node):
             intf = ev.endpoint.interface if hasattr(ev, "endpoint") else ev.interface
             intf_ok(("events", i, "interface"), ev.node, intf)

@@ -50,3 +50,31 @@ def test_origin_marks_once_across_threads():
     for t in threads:
         t.join()
     assert origin.at is not None and origin.wait(threading.Event()) == origin.at
+
+
+def test_an_event_waits_for_its_counters():
+    """wait_for: the event fires once the counters moved (an MP_PRIO needs the join it is about)."""
+    origin = Origin()
+    joins = {"n": 0}
+    fired: list[float] = []
+    ev = LinkEvent.model_validate({"at": "100ms", "action": "link_down", "link": "client:wlan0",
+                                   "wait_for": {"client.MPTcpExtMPJoinSynAckRx": 1}, "wait_timeout": "2s"})
+    timeline = Timeline([ev], lambda e: fired.append(time.monotonic()), origin,
+                        lambda node, name: joins["n"] if (node, name) == ("client", "MPTcpExtMPJoinSynAckRx") else 0)
+    timeline.start()
+    origin.mark()
+    time.sleep(0.4)
+    assert fired == []  # 'at' has passed, the join has not happened
+    joins["n"] = 1
+    time.sleep(0.3)
+    timeline.stop()
+    assert len(fired) == 1 and timeline.log[0]["executed"] and 0.25 <= timeline.log[0]["waited"] < 0.6
+
+    never = LinkEvent.model_validate({"at": "0s", "action": "link_down", "link": "client:wlan0",
+                                      "wait_for": {"client.MPTcpExtMPJoinSynAckRx": 1}, "wait_timeout": "200ms"})
+    timeline = Timeline([never], lambda e: fired.append(0.0), Origin(), lambda node, name: 0)
+    timeline.origin.mark()
+    timeline.start()
+    time.sleep(0.5)
+    timeline.stop()
+    assert len(fired) == 1 and not timeline.log[0]["executed"] and "wait_for not met" in timeline.log[0]["error"]
