@@ -711,12 +711,13 @@ def guest_units() -> int:
 class _Picker:
     """Hands the next cell to a free worker: the first pending one whose guests fit in the guest
     units left (a cell with no guest always fits; one needing more units than exist runs when all
-    are free). Units never idle while a guest cell that fits is pending, so a two-guest cell may be
-    passed over until the one-guest cells are done (it runs at the end); host cells run beside."""
+    are free). Units never idle while a guest cell that fits is pending; host cells run beside."""
 
     def __init__(self, cells: list[Cell], units: int) -> None:
-        self.pending = list(cells)
+        # Cells that need the most units first (stable: suite order otherwise): a two-guest cell
+        # left for the end would run with nothing beside it.
         self.units = units
+        self.pending = sorted(cells, key=lambda c: -self._need(c))
         self.free = units
         self.cond = threading.Condition()
 

@@ -413,8 +413,8 @@ def test_a_v0_kernel_s_counters_read_under_upstream_names():
 
 
 def test_guest_cells_never_outnumber_the_guest_units():
-    """With 2 units: two one-guest cells may run together, a two-guest cell runs alone among guest
-    cells, and host cells are handed out while guest cells wait."""
+    """With 2 units: the two-guest cell goes first with host cells beside it, then one-guest cells
+    two at a time; a worker waits while no pending cell fits."""
     from testbed.matrix.expect import Expectation
     from testbed.matrix.guests import GuestNeed
     from testbed.matrix.runner import Cell, _Picker
@@ -423,21 +423,26 @@ def test_guest_cells_never_outnumber_the_guest_units():
         return Cell(name, "c", "s", Expectation("run", None, None, ""), name,
                     guests=[GuestNeed("linux-6.1", 2)] * guests)
 
+    def take_later(picker: _Picker) -> tuple[threading.Thread, list]:
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(picker.take()))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive()  # nothing fits: it waits
+        return t, got
+
     a, b, both, c, host = cell("a", 1), cell("b", 1), cell("both", 2), cell("c", 1), cell("host", 0)
-    picker = _Picker([a, both, b, c, host], units=2)
-    assert picker.take() is a and picker.take() is b  # 'both' does not fit beside a: b does
-    assert picker.take() is host  # no unit left: the host cell goes ahead of the guest cells
-    picker.done(a)
-    assert picker.take() is c  # a unit is free: the next guest cell that fits takes it
-    taken: list = []
-    waiter = threading.Thread(target=lambda: taken.append(picker.take()))
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive()  # 'both' waits for both units
-    picker.done(b)
-    picker.done(c)
-    waiter.join(2)
-    assert taken == [both] and picker.free == 0
+    picker = _Picker([a, b, both, c, host], units=2)
+    assert picker.take() is both  # the widest first
+    assert picker.take() is host  # no unit left: only a host cell fits beside it
+    t, got = take_later(picker)
     picker.done(both)
-    picker.done(host)
+    t.join(2)
+    assert got == [a] and picker.take() is b and picker.free == 0
+    t, got = take_later(picker)
+    picker.done(a)
+    t.join(2)
+    assert got == [c]
+    for done in (b, c, host):
+        picker.done(done)
     assert picker.take() is None and picker.free == 2
