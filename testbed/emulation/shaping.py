@@ -467,16 +467,19 @@ class Shaper:
             # deleting a root qdisc that is already gone is not an error worth stopping for
             self._run(d.sender, argv, check=argv[:3] != ["tc", "qdisc", "del"])
         state.layout = netem_layout(imp)
+        return self._describe_netem(d, imp, state, f"{_where(d.sender, d.sender_if)} egress")
+
+    def _describe_netem(self, d: LinkDirection, imp: Impairment, state: _State, where: str) -> dict[str, Any]:
+        """What a netem (+ htb) layout on `where` does to the direction, for the manifest."""
         out = self._describe(d, imp, netem_limit(imp) if state.layout else None)
-        egress = f"{_where(d.sender, d.sender_if)} egress"
         if imp.rate:
-            out["rate"] = f"htb on {egress} (netem leaf limit {out['queue']})"
+            out["rate"] = f"htb on {where} (netem leaf limit {out['queue']})"
         if imp.delay:
-            out["delay"] = f"netem on {egress}"
+            out["delay"] = f"netem on {where}"
             if imp.jitter:
                 out["jitter_model"] = JITTER_MODELS["netem"]
         if imp.loss:
-            out["loss"] = f"netem on {egress}"
+            out["loss"] = f"netem on {where}"
         return out
 
     def _in_guest(self, d: LinkDirection, state: _State, imp: Impairment, node: Any, ifname: str,
@@ -493,19 +496,9 @@ class Shaper:
         # one round trip, the tc commands in one batch: every process is slow in an emulated guest
         node.run_many(commands, optional=[argv[:3] == ["tc", "qdisc", "del"] for argv in commands])
         state.layout = netem_layout(imp)
-        out = self._describe(d, imp, netem_limit(imp) if state.layout else None)
-        out["backend"] = "netem (guest kernel)"
         where = (f"{_where(node, ifname)} ingress (through {dev}) in the guest's kernel" if ingress
                  else f"{_where(node, ifname)} egress in the guest's kernel")
-        if imp.rate:
-            out["rate"] = f"htb on {where} (netem leaf limit {out['queue']})"
-        if imp.delay:
-            out["delay"] = f"netem on {where}"
-            if imp.jitter:
-                out["jitter_model"] = JITTER_MODELS["netem"]
-        if imp.loss:
-            out["loss"] = f"netem on {where}"
-        return out
+        return {**self._describe_netem(d, imp, state, where), "backend": "netem (guest kernel)"}
 
     def _fallback(self, d: LinkDirection, state: _State, imp: Impairment) -> dict[str, Any]:
         queue = queue_length(imp) if imp.rate else None
