@@ -341,7 +341,7 @@ class Runner:
                                      for n, d in deltas.items()}
         specs = dict(zip(self.exp.workload_names(), self.exp.workloads, strict=True))
         offset = (self._origin.at - t0) if self._origin.at is not None else 0.0
-        self.manifest["timing"]["origin_seconds"] = round(offset, 4)  # windows and events count from here
+        self.manifest["origin_seconds"] = round(offset, 4)  # into the workloads: events and windows count from here
 
         def path_bytes(ref: str, start: float | None, end: float | None) -> int:
             return sampler.bytes_between(ref, None if start is None else start + offset,

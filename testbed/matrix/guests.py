@@ -33,7 +33,7 @@ from typing import Any
 from testbed.emulation.qemu import images
 from testbed.emulation.qemu.guest import Guest, GuestError, Nic, random_mac
 from testbed.emulation.qemu.images import Image, ImageError
-from testbed.emulation.qemu.node import LEASES_ENV, reset_for_reuse
+from testbed.emulation.qemu.node import LEASES_ENV
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class GuestLender:
             else:
                 self._check_taps(guest)
                 guest.resume()
-                reset_for_reuse(guest)
+                guest.reset()
                 if result is not None:  # the cell tried and failed to reset it: not trusted
                     raise GuestError(f"{guest.name}: the cell could not reset it: {result.get('error')}")
         except (GuestError, OSError, subprocess.SubprocessError):

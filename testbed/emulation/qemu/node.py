@@ -187,7 +187,7 @@ class GuestPool:
         """Reset the guest and keep it; shut it down instead when that fails or the pool is full."""
         assert guest.image is not None
         try:
-            reset_for_reuse(guest)
+            guest.reset()  # ifb devices, qdiscs, addresses, routes, endpoints, sysctls
         except GuestError:
             guest.shutdown()
             return False
@@ -205,11 +205,6 @@ class GuestPool:
             self._idle.clear()
         for guest in guests:
             guest.shutdown()
-
-
-def reset_for_reuse(guest: Guest) -> dict:
-    """reset(): the ifb devices the run's shaping made are deleted with the rest."""
-    return guest.reset()
 
 
 LEASES_ENV = "TESTBED_GUEST_LEASES"
@@ -256,7 +251,7 @@ class LentGuests:
             if guest not in self.taken.values():
                 return False
         try:
-            done = reset_for_reuse(guest)
+            done = guest.reset()
             back = guest.give_back()
         except GuestError as exc:
             self._record(guest.name, {"clean": False, "error": str(exc)})
