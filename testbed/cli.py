@@ -41,11 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("experiment", type=Path)
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="topology template parameter")
-    run.add_argument("--results", type=Path, default=Path("results"))
+    run.add_argument("--results", type=_dir, default="results")
     run.add_argument("--seed", type=int)
     run.add_argument("--shaping", choices=["auto", "netem", "fallback"])
     d = sub.add_parser("demo", help="the interop matrix host, linux-6.1, tcp × the hackathon suite")
-    d.add_argument("--results", type=Path, default=Path("results"))
+    d.add_argument("--results", type=_dir, default="results")
     d.add_argument("--jobs", type=int, default=3,
                    help="cells in parallel (default: 3; guest cells never outnumber the cores)")
     d.add_argument("--experiments", action="store_true",
@@ -60,13 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--must-include", metavar="IMPL", help="only cells with IMPL as client or server")
     m.add_argument("--jobs", type=_positive, default=1, help="cells run in parallel (default 1)")
     m.add_argument("--reruns", type=_non_negative, default=0, help="reruns of a cell not as expected (flakes)")
-    m.add_argument("--results", type=Path, default=Path("results"))
+    m.add_argument("--results", type=_dir, default="results")
     m.add_argument("--ci", action="store_true",
                    help="exit 1 only for unexpected cells and regressions against the previous run")
     h = sub.add_parser("history", help="per cell: change since the previous matrix run, flake rate")
     h.add_argument("--suite")
     h.add_argument("--last", type=_positive, default=10, help="runs the flake rate is computed over")
-    h.add_argument("--results", type=Path, default=Path("results"))
+    h.add_argument("--results", type=_dir, default="results")
     h.add_argument("--json", action="store_true", help="machine-readable output")
     sw = sub.add_parser("sweep", help="run an experiment over combinations of parameter values")
     sw.add_argument("experiment", type=Path)
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="fixed parameters")
     sw.add_argument("--jobs", type=int, default=1)
     sw.add_argument("--seed", type=int, default=1)
-    sw.add_argument("--results", type=Path, default=Path("results"))
+    sw.add_argument("--results", type=_dir, default="results")
     im = sub.add_parser("images", help="build (or list) cached guest boot images for QEMU implementations")
     im.add_argument("names", nargs="*", help="e.g. linux-6.1 (default: every known image)")
     im.add_argument("--list", action="store_true", help="only list what is cached")
@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="remove what killed runs left behind (only ours)")
     c.add_argument("--force", action="store_true", help="also runs whose owner still seems alive")
     return p
+
+
+def _dir(text: str) -> Path:
+    """A directory option (--results): relative to the current directory, made absolute here, once,
+    because it is handed on to cells, agents and network functions that run elsewhere."""
+    from testbed.spec.source import absolute
+
+    return absolute(text)
 
 
 def _positive(text: str) -> int:

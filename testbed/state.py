@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-STATE_DIR = Path(os.environ.get("TESTBED_STATE_DIR", "/run/testbed"))
+STATE_DIR = Path(os.path.abspath(os.environ.get("TESTBED_STATE_DIR", "/run/testbed")))  # cells share it
 _SAVE_LOCK = threading.Lock()
 
 

@@ -156,10 +156,12 @@ class Sweep:
                 pass
 
     def _run_cell(self, cell: Cell, cells_dir: Path, run_dir: RunDir, state: RunState) -> None:
+        from testbed.spec.source import absolute
+
         if self.stopping:
             cell.status = "skipped"
             return
-        argv = [sys.executable, "-m", "testbed", "run", str(self.experiment), "--results", str(cells_dir),
+        argv = [sys.executable, "-m", "testbed", "run", str(absolute(self.experiment)), "--results", str(cells_dir),
                 "--seed", str(cell.seed)]
         for item in [*self.sets, *(f"{k}={v}" for k, v in cell.values.items())]:
             argv += ["--set", item]

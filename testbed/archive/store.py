@@ -31,6 +31,9 @@ def sha256_file(path: Path) -> str:
 
 class RunDir:
     def __init__(self, root: Path, name: str, tag: str | None = None):
+        # Absolute: the run's files are named to network functions, agents and cells that do not
+        # share the caller's current directory (tayga refuses a relative data-dir outright).
+        root = Path(os.path.abspath(root))
         self.root = root
         self.tag = tag or secrets.token_hex(3)
         self.name = f"{utc_stamp()}-{name}-{self.tag}"

@@ -12,7 +12,7 @@ from typing import Any
 from testbed.errors import Problem, SpecError
 from testbed.spec.experiment import Experiment
 from testbed.spec.resolve import Resolved, resolve
-from testbed.spec.source import Document, suggest, validate
+from testbed.spec.source import Document, absolute, suggest, validate
 from testbed.spec.stack import StackConfig
 from testbed.spec.template import load_document
 from testbed.spec.topology import Topology
@@ -29,6 +29,8 @@ class LoadedTopology:
 
 def load_topology(path: Path, overrides: dict[str, tuple[Any, Problem]] | None = None,
                   display: str | None = None) -> LoadedTopology:
+    display = display or str(path)  # problems name the file as the user gave it
+    path = absolute(path)
     doc, values, text = load_document(path, overrides or {}, display)
     topo = validate(Topology, doc)
     return LoadedTopology(path, values, text, topo, resolve(topo, doc))
@@ -45,10 +47,13 @@ class LoadedExperiment:
 
 def load_experiment(path: Path, overrides: dict[str, tuple[Any, Problem]] | None = None,
                     display: str | None = None) -> LoadedExperiment:
-    doc, _, text = load_document(path, {}, display)
+    given = Path(display or path)
+    path = absolute(path)
+    doc, _, text = load_document(path, {}, str(given))
     exp = validate(Experiment, doc)
-    topo_path = (path.parent / exp.topology.file)
-    topo_display = os.path.relpath(topo_path) if not topo_path.is_absolute() else str(topo_path)
+    topo_path = absolute(path.parent / exp.topology.file)
+    # named relative to the current directory when the experiment was (as the user would type it)
+    topo_display = str(topo_path) if given.is_absolute() else os.path.relpath(topo_path)
     params: dict[str, tuple[Any, Problem]] = {}
     for name, value in exp.topology.set.items():
         where = doc.problem(("topology", "set", name), "")

@@ -25,7 +25,7 @@ from testbed.errors import Problem, SpecError
 from testbed.spec.experiment import ProbeName
 from testbed.spec.model import Model
 from testbed.spec.names import NodeName, RunName
-from testbed.spec.source import Document, parse_yaml, read_text, suggest, validate
+from testbed.spec.source import Document, absolute, parse_yaml, read_text, suggest, validate
 from testbed.spec.units import Duration
 
 IMPL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,23}$")
@@ -195,6 +195,8 @@ def _load(path: Path, model: type, display: str | None = None) -> tuple[Document
 
 
 def load_registry(path: Path, display: str | None = None) -> LoadedRegistry:
+    display = display or str(path)
+    path = absolute(path)
     doc, registry, text = _load(path, Registry, display)
     assert isinstance(registry, Registry)
     return LoadedRegistry(path, registry, doc, text)
@@ -204,6 +206,7 @@ def load_suite(path: Path, display: str | None = None) -> LoadedSuite:
     """The suite and its registry, validated; experiment files must exist (their content is checked
     by `check_suite`, which knows which failures a missing testbed capability excuses)."""
     shown = display or str(path)
+    path = absolute(path)  # every experiment and image path below is derived from it
     doc, suite, text = _load(path, Suite, shown)
     assert isinstance(suite, Suite)
     reg_path = path.parent / suite.implementations

@@ -54,6 +54,23 @@ class Document:
         return Problem(self.file, line, col, dotted(clean), message)
 
 
+def absolute(path: str | Path) -> Path:
+    """`path` against the current directory, once, where it enters the testbed: paths travel from here
+    into child processes (cells, agents), network functions (tayga refuses a relative data-dir) and
+    archives read back later, none of which share the user's current directory. Symlinks are kept
+    (only `.` and `..` are collapsed) so that the path still reads as the user gave it."""
+    import os
+
+    return Path(os.path.abspath(os.path.expanduser(str(path))))
+
+
+def guest_image_path(value: str | None) -> str | None:
+    """A guest image given as a directory (it has a '/', e.g. `--set image=build/linux-6.1`) is
+    relative to the current directory, made absolute where it is read (qemu and the matrix's cells
+    do not share that directory); a bare name is an image of the cache."""
+    return str(absolute(value)) if value is not None and "/" in value else value
+
+
 def clean_has_tag_shape(part: str) -> bool:
     return "[" in part or part in {"function-after", "function-before", "function-wrap"}
 

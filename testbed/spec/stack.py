@@ -10,7 +10,7 @@ from pydantic_core import PydanticCustomError
 
 from testbed.spec.model import Model
 from testbed.spec.names import IfName
-from testbed.spec.source import suggest
+from testbed.spec.source import guest_image_path, suggest
 
 EndpointFlag = Literal["subflow", "signal", "backup", "fullmesh", "laminar"]
 
@@ -55,6 +55,11 @@ class StackConfig(Model):
     guest: str | None = Field(None, description="run this host on a QEMU guest booted from this image (as the "
                                                 "topology's `image:`, which it overrides); how the matrix puts an "
                                                 "implementation's kernel on a node")
+
+    @field_validator("guest")
+    @classmethod
+    def _guest_path(cls, value: str | None) -> str | None:
+        return guest_image_path(value)
 
     @field_validator("sysctls")
     @classmethod

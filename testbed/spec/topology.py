@@ -18,7 +18,7 @@ from testbed.spec.functions import FUNCTION_KINDS, FUNCTION_MODELS
 from testbed.spec.model import Model
 from testbed.spec.names import IfName, NodeName, RunName
 from testbed.spec.nodebase import NodeBase
-from testbed.spec.source import suggest
+from testbed.spec.source import guest_image_path, suggest
 from testbed.spec.units import Duration, Percent, Rate
 
 
@@ -107,6 +107,7 @@ class Link(Model):
 GUEST_IMAGE = re.compile(r"^[A-Za-z0-9_.+/-]{1,200}$")
 
 
+
 class Host(NodeBase):
     kind: Literal["host"]
     image: str | None = Field(None, description="run this host on a QEMU guest booted from this kernel image "
@@ -121,7 +122,7 @@ class Host(NodeBase):
         if value is not None and not GUEST_IMAGE.match(value):
             raise PydanticCustomError("image", f"'{value}' is not an image name: letters, digits, '.', '_', "
                                                "'+', '-' (or a path made of those and '/')")
-        return value
+        return guest_image_path(value)
 
     def check(self, name: str, resolved: Any) -> list[tuple[tuple[str | int, ...], str]]:
         """A guest's image must be known (locations relative to this node); two guests cannot share a

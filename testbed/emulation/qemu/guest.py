@@ -62,7 +62,7 @@ GUESTD = Path(__file__).resolve().with_name("guestd.py")
 # The guest mounts fresh filesystems over these host directories: code that lives under one of
 # them (a checkout or venv in /tmp, as CI clones may be) is made visible again after boot.
 MASKED = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/dev"))
-RUNTIME_DIR = Path(os.environ.get("TESTBED_IMAGE_CACHE", "/var/cache/testbed/images")).parent / "runtime"
+RUNTIME_DIR = Path(os.path.abspath(os.environ.get("TESTBED_IMAGE_CACHE", "/var/cache/testbed/images"))).parent / "runtime"
 
 
 def _masked(path: Path) -> bool:

@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testbed.spec.source import absolute
+
 DEFAULT_CACHE = Path("/var/cache/testbed/images")
 MIRROR = os.environ.get("TESTBED_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get("TESTBED_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
@@ -139,7 +141,9 @@ class Image:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TESTBED_IMAGE_CACHE") or DEFAULT_CACHE)
+    """The image cache: $TESTBED_IMAGE_CACHE (relative to the current directory) or DEFAULT_CACHE.
+    Absolute, because the image's files are handed to qemu and to cells run elsewhere."""
+    return absolute(os.environ.get("TESTBED_IMAGE_CACHE") or DEFAULT_CACHE)
 
 
 def names() -> list[str]:
@@ -532,7 +536,7 @@ def find(name: str, cache: Path | None = None) -> Image | None:
     """The built image `name` (an implementation name, or a path to an image directory), or None when
     none is built yet. Never builds or downloads anything (see build() for that)."""
     if "/" in name:
-        path = Path(name)
+        path = absolute(name)
         return load(path.name, path.parent)
     return load(name, cache)
 
