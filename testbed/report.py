@@ -17,10 +17,13 @@ def print_summary(result: Any) -> None:
     table.add_column("measured")
     table.add_column("verdict")
     for c in m.get("checks", []):
-        colour = {"pass": "green", "info": "cyan"}.get(c["verdict"], "red")
+        colour = {"pass": "green", "info": "cyan", "unobserved": "magenta"}.get(c["verdict"], "red")
         measured = c["measured"]
         table.add_row(c["name"], str(c["expected"]), str(measured), f"[{colour}]{c['verdict']}[/{colour}]")
     console.print(table)
+    for c in m.get("checks", []):
+        if c["verdict"] == "unobserved":  # the testbed's failure to look, not the implementation's
+            print(f"unobserved: {c['name']}: {c['detail']}", flush=True)
     if m.get("error"):
         print(f"error: {m['error']}", flush=True)
     # Plain print: rich would wrap a long path, and scripts read this line.

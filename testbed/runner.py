@@ -18,7 +18,7 @@ from testbed.archive.store import SCHEMA_VERSION, RunDir
 from testbed.collect import counters as counters_mod
 from testbed.collect import system
 from testbed.collect.linkbytes import Sampler
-from testbed.collect.sockets import SocketSampler
+from testbed.collect.sockets import PEER_INTERVAL, SocketSampler
 from testbed.emulation.nodeexec import parallel
 from testbed.errors import CapabilityError, RunError
 from testbed.events import Origin, Timeline
@@ -35,7 +35,7 @@ from testbed.spec.experiment import (
 )
 from testbed.spec.load import LoadedExperiment, is_ip
 from testbed.state import RunState, sweep
-from testbed.verdict import Measurements, judge, outcome
+from testbed.verdict import UNOBSERVED, Measurements, judge, outcome
 
 CAPTURE_AUTO_LIMIT = 200_000_000  # bytes moved by bulk workloads above which 'auto' skips pcaps
 
@@ -218,7 +218,7 @@ class Runner:
             checks = self._run(run_dir, state, backend)
             guard.disarm()
             self.manifest["status"] = "complete"
-            exit_code = 1 if any(c.verdict == "fail" for c in checks) else 0
+            exit_code = 1 if any(c.verdict in ("fail", UNOBSERVED) for c in checks) else 0  # unconfirmed is unmet
         except TimedOut:
             guard.disarm()
             self.manifest["status"] = "error"
@@ -334,6 +334,7 @@ class Runner:
         run_dir.write_json("linkbytes.json", {"interval": self.exp.sample_interval, "columns": ["t", "rx", "tx"],
                                               "series": sampler.series})
         run_dir.write_json("sockets.json", sockets.snapshots)
+        run_dir.write_json("peers.json", {"interval": PEER_INTERVAL, "peers": sockets.peer_table()})
         run_dir.write_json("events.json", timeline.log)
         self.manifest["events"] = timeline.log
         self.manifest["workloads"] = {n: _summary(r) for n, r in results.items()}
@@ -347,11 +348,18 @@ class Runner:
             return sampler.bytes_between(ref, None if start is None else start + offset,
                                          None if end is None else end + offset)
 
+        self.manifest["socket_samples"] = {n: st.as_dict() for n, st in sockets.stats.items()}
         m = Measurements(results, specs, deltas, path_bytes,
                          {n: [i.name for i in self.res.interfaces[n]] for n in nodes}, sockets=sockets.snapshots,
+                         peers={n: set(p) for n, p in sockets.peers.items()},
                          addresses={i.ref: [str(a.ip) for a in (i.address, i.address6) if a is not None]
                                     for n in nodes for i in self.res.interfaces[n]},
-                         present={n: set(after[n]) for n in nodes})
+                         present={n: set(after[n]) for n in nodes if after[n]},
+                         counter_gaps={n: f"no counters could be read from {n} "
+                                          f"({'before' if not before[n] else 'after'} the workloads)"
+                                       for n in nodes if not before[n] or not after[n]},
+                         socket_gaps={n: why for n in hosts if (why := sockets.gap(n, offset)) is not None},
+                         link_gaps={ref: why for ref in refs if (why := sampler.gap(ref)) is not None})
         self.manifest["outcome"] = outcome(m)
         checks = judge(self.exp, m, self.manifest["outcome"])
         self.manifest["checks"] = [c.as_dict() for c in checks]

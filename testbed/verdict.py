@@ -22,7 +22,7 @@ class Check:
     name: str
     expected: str
     measured: Any
-    verdict: str  # "pass" | "fail" | "info" (recorded finding)
+    verdict: str  # "pass" | "fail" | "info" (recorded finding) | "unobserved" (nothing was measured: detail says why)
     detail: str = ""
 
     def as_dict(self) -> dict:
@@ -37,8 +37,13 @@ class Measurements:
     path_bytes: Any  # (ref, start, end) → bytes
     node_interfaces: dict[str, list[str]]
     sockets: list[dict] = field(default_factory=list)  # `ss` snapshots: {"t", "node", "tcp", "mptcp"}
+    peers: dict[str, set[str]] = field(default_factory=dict)  # node → established remote addresses (/proc/net/tcp)
     addresses: dict[str, list[str]] = field(default_factory=dict)  # 'node:interface' → its addresses
     present: dict[str, set[str]] = field(default_factory=dict)  # node → the counters its kernel has (if known)
+    # What could not be observed, and why: an empty observation must never read as the kernel's value.
+    counter_gaps: dict[str, str] = field(default_factory=dict)  # node → why its counters were not read
+    socket_gaps: dict[str, str] = field(default_factory=dict)  # node → why no `ss` snapshot of it answered
+    link_gaps: dict[str, str] = field(default_factory=dict)  # 'node:interface' → why its bytes were not sampled
 
 
 def outcome(m: Measurements) -> str:
@@ -55,6 +60,13 @@ def outcome(m: Measurements) -> str:
     negotiated = sum(m.counters.get(c, {}).get("MPTcpExtMPCapableSYNACKRX", 0) for c in clients)
     fell_back = sum(m.counters.get(node, {}).get(k, 0) for node in m.counters for k in FALLBACK_COUNTERS)
     return "mptcp" if negotiated > 0 and fell_back == 0 else "fallback"
+
+
+UNOBSERVED = "unobserved"
+
+
+def _unobserved(name: str, expected: str, why: list[str]) -> Check:
+    return Check(name, expected, None, UNOBSERVED, "not observed: " + "; ".join(why))
 
 
 def _bound_text(b: Any, fmt=lambda v: f"{v:g}") -> str:
@@ -134,7 +146,10 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
                                 f"{r.get('observed')}: {r.get('observed_text')}",
                                 "pass" if r["verdict"] == "as-expected" else "fail",
                                 f"{r.get('rfc')}; server speaks {r.get('speaks')}"))
-    if e.outcome:
+    outcome_gaps = [m.counter_gaps[n] for n in sorted(m.counter_gaps)]
+    if e.outcome and outcome_gaps and measured_outcome in ("mptcp", "fallback"):  # read from the counters
+        checks.append(_unobserved("outcome", e.outcome, outcome_gaps))
+    elif e.outcome:
         checks.append(Check("outcome", e.outcome, measured_outcome,
                             "pass" if measured_outcome == e.outcome else "fail",
                             "from MPTcpExt counters: MP_CAPABLE SYN/ACK received and no fallback counter moved"))
@@ -147,6 +162,10 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
     for key, bound in e.counters.items():
         node, _, counter = key.partition(".")
         matched = fnmatch.filter(m.counters, node) if any(c in node for c in "*?[") else [node]
+        gaps = [m.counter_gaps[n] for n in matched if n in m.counter_gaps]
+        if gaps:
+            checks.append(_unobserved(f"counter {key}", _bound_text(bound), gaps))
+            continue
         absent = [n for n in matched if n in m.present and counter not in m.present[n]]
         if absent:  # a kernel without the counter proves nothing either way: never read it as 0
             checks.append(Check(f"counter {key}", _bound_text(bound), "absent", "fail",
@@ -156,14 +175,18 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
         checks.append(Check(f"counter {key}", _bound_text(bound), value, "pass" if _within(value, bound) else "fail",
                             f"sum over {', '.join(sorted(matched))}" if matched != [node] else ""))
     for node, p in e.peers.items():
-        seen = peers_seen(m.sockets, node)
+        seen = peers_seen(m.sockets, node) | m.peers.get(node, set())
         wanted = {ref: m.addresses.get(ref, [ref]) for ref in [*p.includes, *p.excludes]}
         missing = [ref for ref in p.includes if not set(wanted[ref]) & seen]
         present = [ref for ref in p.excludes if set(wanted[ref]) & seen]
         expected = "; ".join(([f"includes {', '.join(p.includes)}"] if p.includes else []) +
                              ([f"excludes {', '.join(p.excludes)}"] if p.excludes else []))
+        if node in m.socket_gaps and not present:  # nothing seen is no evidence; an excluded peer seen is
+            checks.append(_unobserved(f"peers of {node}", expected, [m.socket_gaps[node]]))
+            continue
         checks.append(Check(f"peers of {node}", expected, sorted(seen), "fail" if missing or present else "pass",
-                            "remote addresses of its established TCP sockets in the ss snapshots"
+                            "remote addresses of its established TCP sockets (subflows too) in the ss snapshots "
+                            "and /proc/net/tcp reads"
                             + (f"; never seen: {', '.join(missing)}" if missing else "")
                             + (f"; seen: {', '.join(present)}" if present else "")))
     if e.subflows is not None:
@@ -171,9 +194,11 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
         client = m.workload_specs[name].client if name else None
         c = m.counters.get(client or "", {})
         value = 1 + c.get("MPTcpExtMPJoinSynAckRx", 0) + c.get("MPTcpExtMPJoinAckRx", 0)
-        checks.append(Check(f"subflows at {client}", _bound_text(e.subflows), value,
-                            "pass" if _within(value, e.subflows) else "fail",
-                            "1 + MPJoinSynAckRx + MPJoinAckRx"))
+        if client in m.counter_gaps:
+            checks.append(_unobserved(f"subflows at {client}", _bound_text(e.subflows), [m.counter_gaps[client]]))
+        else:
+            checks.append(Check(f"subflows at {client}", _bound_text(e.subflows), value,
+                                "pass" if _within(value, e.subflows) else "fail", "1 + MPJoinSynAckRx + MPJoinAckRx"))
     if e.goodput is not None:
         name, r = _first(m, ("bulk", "iperf3"), e.goodput.workload)
         value = r.get("goodput_bps")
@@ -192,6 +217,11 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
                                 "pass" if _within(value, bound) else "fail"))
     for ref, p in e.paths.items():
         node = ref.partition(":")[0]
+        gaps = [m.link_gaps[r] for r in [ref, *(f"{node}:{i}" for i in m.node_interfaces.get(node, []))]
+                if r in m.link_gaps]
+        if gaps:
+            checks.append(_unobserved(f"bytes of {node} on {ref}", "share or bytes", list(dict.fromkeys(gaps))))
+            continue
         own = m.path_bytes(ref, p.start, p.end)
         total = sum(m.path_bytes(f"{node}:{i}", p.start, p.end) for i in m.node_interfaces.get(node, []))
         share = 100.0 * own / total if total else 0.0

@@ -38,6 +38,7 @@ class Sampler:
         self.interval = interval
         self.t0 = t0
         self.series: dict[str, list[tuple[float, int, int]]] = {ref: [] for ref in targets}
+        self.found: dict[str, int] = {ref: 0 for ref in targets}  # samples in which the interface was there
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="linkbytes", daemon=True)
 
@@ -47,7 +48,10 @@ class Sampler:
         for ref, (source, intf) in self.targets.items():
             if source not in by_source:
                 by_source[source] = source() if callable(source) else read_dev(source)
-            rx, tx = by_source[source].get(intf, (0, 0))
+            seen = by_source[source].get(intf)
+            if seen is not None:
+                self.found[ref] += 1
+            rx, tx = seen or (0, 0)
             self.series[ref].append((now, rx, tx))
 
     def _loop(self) -> None:
@@ -72,3 +76,12 @@ class Sampler:
         lo = series[0] if start is None else min(series, key=lambda s: abs(s[0] - start))
         hi = series[-1] if end is None else min(series, key=lambda s: abs(s[0] - end))
         return max(0, (hi[1] - lo[1]) + (hi[2] - lo[2]))
+
+    def gap(self, ref: str) -> str | None:
+        """Why the bytes of `ref` were not observed (so that 0 never reads as the kernel's), or None."""
+        if ref not in self.series:
+            return f"{ref} was not sampled"
+        if self.found[ref] < 2:
+            return (f"{ref} was found in {self.found[ref]} of {len(self.series[ref])} byte-counter samples "
+                    "(at least 2 are needed for a difference)")
+        return None

@@ -129,8 +129,10 @@ def combine(attempts: list[Attempt]) -> tuple[str, str]:
         return "flaky", f"attempts disagree: {', '.join(kinds)}" + note
     verdict = kinds[0]
     if verdict == "unexpected":
+        checks = (real[-1].manifest or {}).get("checks", [])
         failed = [f"{c['name']}: expected {c['expected']}, measured {c['measured']}"
-                  for c in (real[-1].manifest or {}).get("checks", []) if c.get("verdict") == "fail"]
+                  for c in checks if c.get("verdict") == "fail"]
+        failed += [f"{c['name']}: not observed" for c in checks if c.get("verdict") == "unobserved"]
         return verdict, ("; ".join(failed) or "an expectation was not met") + (
             f" ({len(real)} attempts)" if len(real) > 1 else "") + note
     outcome = real[-1].outcome
@@ -666,6 +668,9 @@ class MatrixRunner:
             if cell.scenario == PROBE_SCENARIO:
                 a.outcome = probe_cells.observed(manifest) or a.outcome
         tail = " | ".join(line for line in text.strip().splitlines()[-3:] if line.strip())
+        checks = (manifest or {}).get("checks") or []
+        failed = [c for c in checks if c.get("verdict") == "fail"]
+        unobserved = [c for c in checks if c.get("verdict") == "unobserved"]
         if timed_out:
             a.error = f"timed out after {cell.timeout:g} s: the cell's process group was killed"
         elif rc == 130 or (manifest or {}).get("status") == "interrupted":
@@ -676,6 +681,9 @@ class MatrixRunner:
             a.error = f"the run failed: {manifest.get('error') or tail}"
         elif rc == 0 and a.status == "complete":
             a.verdict = "as-expected"
+        elif rc == 1 and a.status == "complete" and unobserved and not failed:
+            # Nothing the implementation did is in question: the testbed did not look (a testbed error).
+            a.error = "not observed: " + "; ".join(f"{c['name']}: {c.get('detail', '')}" for c in unobserved)
         elif rc == 1 and a.status == "complete":
             a.verdict = "unexpected"
         else:

@@ -90,6 +90,12 @@ class GuestNode:
     def counters(self) -> dict[str, int]:
         return self._guest().counters()
 
+    def proc_net(self, names: Any) -> dict[str, str | None]:
+        """/proc/net/<name> files of the guest's kernel, read by its guestd (no process started)."""
+        files = self._guest().read_files([f"/proc/net/{n}" for n in names])
+        return {n: None if (data := files[f"/proc/net/{n}"]) is None else data.decode(errors="replace")
+                for n in names}
+
     def run_many(self, commands: Any, optional: Any = None) -> list[str]:
         """nodeexec.run_many for a guest: one round trip, ip/tc commands batched (Guest.run_tools)."""
         from testbed.errors import RunError
