@@ -235,10 +235,25 @@ def _demo(args: argparse.Namespace) -> int:
     if args.experiments:
         return _demo_experiments(args)
     impls = ",".join(DEMO_IMPLEMENTATIONS)
-    return _matrix(argparse.Namespace(
+    runner, result = _run_matrix(argparse.Namespace(
         suite=Path(__file__).resolve().parent.parent / "experiments" / "suites" / "hackathon.yaml",
         clients=impls, servers=impls, scenarios=None, must_include=None, jobs=args.jobs, reruns=0, ci=False,
         results=args.results))
+    _findings(result["matrix"], result["run_dir"])
+    return demo_exit(result["matrix"])
+
+
+def demo_exit(matrix: dict[str, Any]) -> int:
+    """The demo shows what the implementations do: its findings are its output, not its failure. It
+    fails when it could not show them: the matrix did not complete, or the testbed failed in a cell."""
+    if matrix["status"] == "interrupted":
+        return 130
+    errors = matrix["summary"].get("error", 0)
+    if matrix["status"] != "complete" or errors:
+        print(f"demo: the testbed failed in {errors} cell(s) (error); matrix status {matrix['status']}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _demo_experiments(args: argparse.Namespace) -> int:
@@ -269,7 +284,46 @@ def _csv(text: str | None) -> list[str] | None:
     return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _findings(matrix: dict[str, Any], run_dir: Path, width: int = 160) -> None:
+    """One screen: every cell that is not as expected and not excused (unexpected, known, flaky,
+    error), one line each with its evidence; listed deviations not reproduced; the report's path."""
+    shown = ("unexpected", "known", "flaky", "error")
+    cells = [c for c in matrix["cells"].values() if c["verdict"] in shown]
+    cells.sort(key=lambda c: (shown.index(c["verdict"]), c["scenario"], c["client"], c["server"]))
+    counts = ", ".join(f"{matrix['summary'][v]} {v}" for v in shown if matrix["summary"].get(v))
+    print(f"\nfindings: {len(cells)} cell(s) not as expected ({counts})" if cells
+          else "\nfindings: none: every cell that ran was as expected")
+    for c in cells:
+        if c["verdict"] == "known":
+            evidence = f"{c.get('deviation')}: {c.get('evidence') or c['reason']}"
+        else:
+            evidence = c["reason"]
+        where = f" [{c['dir']}]" if c.get("dir") else ""
+        line = f"  {c['verdict']:<10} {c['scenario']} {c['client']} -> {c['server']}: {evidence}"
+        room = width - len(where)
+        print((line if len(line) <= room else line[:room - 1] + "…") + where)
+    for n in (matrix.get("known_deviations") or {}).get("not_reproduced", []):
+        print(f"  fixed upstream? {n['id']} ({n['where']}): not reproduced in {n['cell']}")
+    print(f"report: {run_dir / 'report.html'}", flush=True)
+
+
 def _matrix(args: argparse.Namespace) -> int:
+    runner, result = _run_matrix(args)
+    matrix = result["matrix"]
+    summary = matrix["summary"]
+    regressions = matrix["history"]["regressions"]
+    for n in (matrix.get("known_deviations") or {}).get("not_reproduced", []):
+        print(f"fixed upstream? {n['id']} ({n['where']}): not reproduced in {n['cell']}")
+    print(f"archive: {result['run_dir']}")
+    print(f"report: {result['run_dir'] / 'report.html'}", flush=True)
+    if matrix["status"] == "interrupted":
+        return 130
+    if args.ci:  # known deviations and excused cells do not fail CI; new unexpected cells and regressions do
+        return 1 if summary["unexpected"] or regressions else 0
+    return 0 if all(c.verdict in ("as-expected", "unsupported", "unavailable") for c in runner.cells) else 1
+
+
+def _run_matrix(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from rich.console import Console
 
     from testbed.matrix.runner import MatrixRunner
@@ -296,16 +350,7 @@ def _matrix(args: argparse.Namespace) -> int:
         for c in matrix["cells"].values():
             if c["verdict"] not in ("as-expected", "unexpected"):
                 print(f"  {c['verdict']}: {c['scenario']} {c['client']} -> {c['server']}: {c['reason']}")
-    print(f"archive: {result['run_dir']}")
-    print(f"report: {result['run_dir'] / 'report.html'}", flush=True)
-    if matrix["status"] == "interrupted":
-        return 130
-    if args.ci:
-        return 1 if summary["unexpected"] or regressions else 0
-    return 0 if all(c.verdict in ("as-expected", "unsupported", "unavailable") for c in runner.cells) else 1
-
-
-SERIES = {"as-expected": "✓", "unexpected": "✗", "flaky": "~", "error": "E", "unsupported": "-", "unavailable": "n"}
+    return runner, result
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -313,6 +358,7 @@ def _history(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from testbed.matrix import history
+    from testbed.matrix.verdicts import LETTER
 
     db = history.db_path(args.results)
     report = history.report(db, args.suite, args.last)
@@ -331,14 +377,14 @@ def _history(args: argparse.Namespace) -> int:
                             f"compared with {prev['run_id'] if prev else 'nothing (first run)'}; "
                             f"flake rate over the last {s['runs']} run(s)")
         for col in ("cell", "verdict", "previous", "change", "flake rate",
-                    "history, oldest first (✓ as-expected ✗ unexpected ~ flaky E error - unsupported n unavailable)"):
+                    "history, oldest first (" + " ".join(f"{sym} {v}" for v, sym in LETTER.items()) + ")"):
             table.add_column(col)
         colours = {"regression": "red", "fix": "green", "changed": "yellow"}
         for row in s["cells"]:
             colour = colours.get(row["change"], "")
             change = f"[{colour}]{row['change']}[/{colour}]" if colour else row["change"]
             table.add_row(row["cell"], row["verdict"], row["previous"] or "-", change,
-                          f"{100 * row['flake_rate']:.0f}%", "".join(SERIES.get(v, "?") for v in row["series"]))
+                          f"{100 * row['flake_rate']:.0f}%", "".join(LETTER.get(v, "?") for v in row["series"]))
         console.print(table)
         regressions = [r["cell"] for r in s["cells"] if r["change"] == "regression"]
         fixes = [r["cell"] for r in s["cells"] if r["change"] == "fix"]

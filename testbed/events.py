@@ -38,6 +38,7 @@ class Timeline:
                  counter: Callable[[str, str], int] = lambda node, name: 0):
         """`counter(node, name)`: how much a counter rose since the workloads started (for wait_for)."""
         self.events = sorted(events, key=lambda e: e.at)
+        self.index = {id(e): i for i, e in enumerate(events)}  # the experiment's order (expect refers to it)
         self.apply = apply
         self.counter = counter
         self.origin = origin
@@ -66,6 +67,7 @@ class Timeline:
                 continue
             started = time.monotonic() - self.t0
             entry: dict[str, Any] = {"at": event.at, "action": event.action, "executed_at": round(started, 4),
+                                     "index": self.index[id(event)],
                                      "event": event.model_dump(mode="json", exclude_none=True)}
             if event.wait_for:
                 entry["waited"] = round(waited, 4)
@@ -74,6 +76,9 @@ class Timeline:
                 entry.update(executed=True, detail=detail)
             except Exception as exc:  # noqa: BLE001 - recorded as the event's outcome, judged later
                 entry.update(executed=False, error=str(exc))
+            # how long the action took: in a loaded emulated guest one `ip` command can take seconds,
+            # which is when the kernel was told, not when the event was due
+            entry["seconds"] = round(time.monotonic() - self.t0 - started, 4)
             self.log.append(entry)
 
     def _wait_for(self, event: Event) -> float | None:

@@ -359,7 +359,8 @@ class Runner:
                                           f"({'before' if not before[n] else 'after'} the workloads)"
                                        for n in nodes if not before[n] or not after[n]},
                          socket_gaps={n: why for n in hosts if (why := sockets.gap(n, offset)) is not None},
-                         link_gaps={ref: why for ref in refs if (why := sampler.gap(ref)) is not None})
+                         link_gaps={ref: why for ref in refs if (why := sampler.gap(ref)) is not None},
+                         event_done=_event_done(timeline.log, len(self.exp.events)))
         self.manifest["outcome"] = outcome(m)
         checks = judge(self.exp, m, self.manifest["outcome"])
         self.manifest["checks"] = [c.as_dict() for c in checks]
@@ -574,6 +575,16 @@ def _capture_point(node: Any, intf: str) -> tuple[Any, str]:
     """Where an interface's packets are captured: in its namespace, or a QEMU guest's on its TAP's host side."""
     point = getattr(node, "capture_point", None)
     return point(intf) if point is not None else (node, intf)
+
+
+def _event_done(log: list[dict], count: int) -> list[float | None]:
+    """Per event (in the experiment's order), when it had been carried out (from the origin), or None."""
+    done: list[float | None] = [None] * count
+    for entry in log:
+        i = entry.get("index")
+        if i is not None and entry.get("executed") and entry.get("seconds") is not None:
+            done[i] = entry["executed_at"] + entry["seconds"]
+    return done
 
 
 def _summary(r: dict) -> dict:

@@ -44,6 +44,7 @@ class Measurements:
     counter_gaps: dict[str, str] = field(default_factory=dict)  # node → why its counters were not read
     socket_gaps: dict[str, str] = field(default_factory=dict)  # node → why no `ss` snapshot of it answered
     link_gaps: dict[str, str] = field(default_factory=dict)  # 'node:interface' → why its bytes were not sampled
+    event_done: list[float | None] = field(default_factory=list)  # per event: when it had been carried out
 
 
 def outcome(m: Measurements) -> str:
@@ -222,20 +223,35 @@ def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check
         if gaps:
             checks.append(_unobserved(f"bytes of {node} on {ref}", "share or bytes", list(dict.fromkeys(gaps))))
             continue
-        own = m.path_bytes(ref, p.start, p.end)
-        total = sum(m.path_bytes(f"{node}:{i}", p.start, p.end) for i in m.node_interfaces.get(node, []))
+        start, end, since = p.start, p.end, ""
+        if p.after_event is not None:
+            done = m.event_done[p.after_event] if p.after_event < len(m.event_done) else None
+            if done is None:
+                checks.append(_unobserved(f"bytes of {node} on {ref}", "share or bytes",
+                                          [f"event {p.after_event} was not carried out: no window to count from"]))
+                continue
+            start, end = done + (start or 0.0), None if end is None else done + end
+            since = f" (event {p.after_event} done at {format_duration(round(done, 3))})"
+        own = m.path_bytes(ref, start, end)
+        total = sum(m.path_bytes(f"{node}:{i}", start, end) for i in m.node_interfaces.get(node, []))
+        if not total and start is not None:  # an empty window says nothing about the path (0 bytes, "0 %")
+            checks.append(_unobserved(f"bytes of {node} on {ref}", "share or bytes",
+                                      [f"{node} moved no bytes on any interface from {format_duration(start)}"
+                                       f"{since}: the transfer ended before the window"]))
+            continue
         share = 100.0 * own / total if total else 0.0
-        window = "" if p.start is None and p.end is None else (
-            f" from {format_duration(p.start or 0)}" + (f" to {format_duration(p.end)}" if p.end else ""))
+        window = "" if p.start is None and p.end is None and p.after_event is None else (
+            f" from {format_duration(p.start or 0)}" + (f" to {format_duration(p.end)}" if p.end else "")
+            + (f" after event {p.after_event}" if p.after_event is not None else ""))
         if p.min_share is not None or p.max_share is not None:
             b = Bound(min=p.min_share, max=p.max_share)
             checks.append(Check(f"share of {node}'s bytes on {ref}{window}", _bound_text(b, format_percent),
                                 format_percent(round(share, 2)), "pass" if _within(share, b) else "fail",
-                                f"{own} of {total} bytes"))
+                                f"{own} of {total} bytes{since}"))
         if p.min_bytes is not None or p.max_bytes is not None:
             b = Bound(min=p.min_bytes, max=p.max_bytes)
             checks.append(Check(f"bytes on {ref}{window}", _bound_text(b, format_size), own,
-                                "pass" if _within(own, b) else "fail"))
+                                "pass" if _within(own, b) else "fail", since.strip(" ()")))
     for c in e.compare:
         left, right = metric(m, c.left), metric(m, c.right)
         ok = left is not None and right is not None and left <= c.factor * right

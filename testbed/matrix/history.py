@@ -12,6 +12,8 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+from testbed.matrix.verdicts import change
+
 DB_NAME = "history.sqlite"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -78,8 +80,6 @@ def previous_cells(path: Path, suite: str) -> dict[str, dict[str, Any]] | None:
 def report(path: Path, suite: str | None = None, last: int = 10) -> list[dict[str, Any]]:
     """Per suite: the latest run, and per cell of it the change since the previous complete run and
     the flake rate (share of runs, of the last `last`, in which the cell was flaky)."""
-    from testbed.matrix.results import change
-
     out = []
     suites = [suite] if suite else sorted({r["suite"] for r in runs(path)})
     for name in suites:

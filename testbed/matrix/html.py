@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-VERDICT_COLOURS = {"as-expected": "#16a34a", "unexpected": "#dc2626", "flaky": "#d97706", "error": "#7c3aed",
+VERDICT_COLOURS = {"as-expected": "#16a34a", "unexpected": "#dc2626", "known": "#0891b2", "flaky": "#d97706",
+                   "error": "#7c3aed",
                    "unsupported": "#64748b", "unavailable": "#94a3b8", "planned": "#cbd5e1"}
 PATH_COLOURS = ("#2563eb", "#ea580c", "#059669", "#db2777", "#7c3aed", "#0891b2")
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from testbed.matrix.verdicts import MEANING, SYMBOL, change, summary
+
 MATRIX_SCHEMA = "testbed-matrix"
 MATRIX_SCHEMA_VERSION = 1
-SYMBOL = {"as-expected": "✅", "unexpected": "❌", "unsupported": "➖", "unavailable": "⛔", "flaky": "⚠️",
-          "error": "💥"}
 
 
 def _cell_files(rel: str | None, manifest: dict | None) -> dict[str, Any]:
@@ -55,7 +55,6 @@ def _measured(manifest: dict | None) -> dict[str, Any]:
 
 def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]:
     from testbed.matrix import probes as probe_cells
-    from testbed.matrix.runner import summary
     from testbed.spec.matrix import PROBE_SCENARIO
 
     suite = runner.suite
@@ -73,6 +72,9 @@ def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]
             "dir": final.dir if final else None,
             "files": _cell_files(final.dir if final else None, final.manifest if final else None),
             "measured": _measured(final.manifest if final else None),
+            "deviation": final.deviation if final else None,
+            "evidence": final.evidence if final else "",
+            "not_reproduced": list(c.not_reproduced),
         }
         if previous is not None:
             before = previous.get(c.key, {}).get("verdict")
@@ -103,6 +105,13 @@ def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]
                                                   "why": runner.capabilities[cap][1]} for cap in facts.capabilities},
                            "outcome": facts.outcome, "timeout": float(s.timeout or suite.timeout)}
     m = runner.manifest
+    deviations = runner.loaded.deviations
+    known = None
+    if deviations is not None:
+        known = {"file": str(deviations.path), "listed": len(deviations.deviations),
+                 "reproduced": sorted({c.final.deviation for c in runner.cells if c.final and c.final.deviation}),
+                 "not_reproduced": [{"id": d, "cell": c.key, "where": deviations.where(d)}
+                                    for c in runner.cells for d in c.not_reproduced]}
     return {
         "schema": MATRIX_SCHEMA, "schema_version": MATRIX_SCHEMA_VERSION,
         "run_id": m.get("run_id"), "suite": {"name": suite.name, "description": suite.description,
@@ -110,35 +119,18 @@ def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]
         "status": m.get("status"), "started": m.get("started"), "finished": m.get("finished"),
         "testbed_version": m.get("testbed_version"), "git_sha": m.get("git_sha"), "host": m.get("host"),
         "options": runner.options(),
-        "verdicts": {"as-expected": "the implementation did what its feature set and the RFC say",
-                     "unexpected": "an expectation was not met (the cell's checks say which)",
-                     "unsupported": "a side lacks a feature the scenario needs; not run",
-                     "unavailable": "an implementation or testbed capability is missing here; not run",
-                     "flaky": "reruns gave different results",
-                     "error": "the testbed failed; not the implementation's fault"},
+        "verdicts": dict(MEANING),
         "axes": {"scenarios": list(runner.scenarios), "clients": list(runner.clients),
                  "servers": list(runner.servers),
                  "probes": [probe_cells.client_name(p) for p in runner.probes]
                  if PROBE_SCENARIO in runner.scenarios else []},
-        "summary": summary(runner.cells),
+        "summary": summary(c.verdict for c in runner.cells),
+        "known_deviations": known,
         "implementations": impls, "scenarios": scenarios, "cells": cells,
         "history": {"previous_run": (next(iter(previous.values()), {}).get("run_id") if previous else None),
                     "regressions": sorted(k for k, v in changes.items() if v == "regression"),
                     "fixes": sorted(k for k, v in changes.items() if v == "fix")},
     }
-
-
-def change(before: str | None, now: str | None) -> str:
-    """regression: was as-expected, now unexpected; fix: the reverse; else same / changed / new."""
-    if before is None:
-        return "new"
-    if before == now:
-        return "same"
-    if before == "as-expected" and now == "unexpected":
-        return "regression"
-    if before == "unexpected" and now == "as-expected":
-        return "fix"
-    return "changed"
 
 
 def report_md(matrix: dict[str, Any]) -> str:
@@ -184,6 +176,10 @@ def report_md(matrix: dict[str, Any]) -> str:
         for c in notable:
             lines.append(f"- {SYMBOL[c['verdict']]} **{c['scenario']}** {c['client']} → {c['server']}: "
                          f"{c['verdict']} — {c['reason']}")
+    kd = matrix.get("known_deviations") or {}
+    if kd.get("not_reproduced"):
+        lines += ["", "## Listed deviations not reproduced (fixed upstream?)", ""]
+        lines += [f"- `{n['id']}` ({n['where']}): {n['cell']} was as expected" for n in kd["not_reproduced"]]
     h = matrix.get("history") or {}
     if h.get("previous_run"):
         lines += ["", f"## Since the previous run ({h['previous_run']})", "",
@@ -197,7 +193,7 @@ def junit_xml(matrix: dict[str, Any]) -> str:
     s = matrix["summary"]
     suite = ET.Element("testsuite", name=f"matrix-{matrix['suite']['name']}", tests=str(len(matrix["cells"])),
                        failures=str(s.get("unexpected", 0)), errors=str(s.get("error", 0)),
-                       skipped=str(s.get("unsupported", 0) + s.get("unavailable", 0)),
+                       skipped=str(s.get("unsupported", 0) + s.get("unavailable", 0) + s.get("known", 0)),
                        timestamp=str(matrix.get("started") or ""))
     for key, c in matrix["cells"].items():
         seconds = sum(a.get("seconds") or 0 for a in c["attempts"])
@@ -215,7 +211,7 @@ def junit_xml(matrix: dict[str, Any]) -> str:
                                 for ch in failed) or c["reason"]
         elif verdict == "error":
             ET.SubElement(case, "error", message=c["reason"][:500], type="testbed-error").text = c["reason"]
-        elif verdict in ("unsupported", "unavailable"):
+        elif verdict in ("unsupported", "unavailable", "known"):
             ET.SubElement(case, "skipped", message=f"{verdict}: {c['reason']}"[:500])
         if verdict == "flaky":
             ET.SubElement(case, "system-out").text = f"flaky: {c['reason']}"

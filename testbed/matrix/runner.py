@@ -26,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,6 @@ from testbed.matrix.guests import GuestLender, GuestNeed, cell_env
 from testbed.spec.matrix import PROBE_SCENARIO, LoadedSuite, check_suite, scenario_problem
 from testbed.state import RunState
 
-VERDICTS = ("as-expected", "unexpected", "unsupported", "unavailable", "flaky", "error")
 KILL_GRACE = 15.0  # seconds a timed-out cell gets to tear down after SIGTERM before SIGKILL
 NAME_LIMIT = 48
 FAILED_WORKLOAD_TIMEOUT = 20.0  # seconds a workload expected to fail is given
@@ -69,12 +67,16 @@ class Attempt:
     interrupted: bool = False
     manifest: dict | None = None
     log: str | None = None  # the `testbed run` output, relative to the matrix run directory
+    deviation: str | None = None  # the known deviation (or emulation limit) its failed checks reproduced
+    note: str = ""  # why that verdict: the deviation, its measured symptom, its citation; or why none matched
+    evidence: str = ""  # the deviation's symptoms as measured (one line, for summaries)
 
     def as_dict(self) -> dict[str, Any]:
         failed = [c["name"] for c in (self.manifest or {}).get("checks", []) if c.get("verdict") == "fail"]
         return {"attempt": self.number, "verdict": self.verdict, "exit_code": self.exit_code,
                 "seconds": round(self.seconds, 2), "status": self.status, "outcome": self.outcome,
-                "dir": self.dir, "log": self.log, "error": self.error, "failed_checks": failed}
+                "dir": self.dir, "log": self.log, "error": self.error, "failed_checks": failed,
+                "deviation": self.deviation, **({"note": self.note} if self.note else {})}
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Cell:
     verdict: str | None = None
     reason: str = ""
     guests: list[GuestNeed] = field(default_factory=list)  # its hosts that run on QEMU guests
+    not_reproduced: list[str] = field(default_factory=list)  # known deviations listed for it that it did not show
 
     @property
     def key(self) -> str:
@@ -133,8 +136,11 @@ def combine(attempts: list[Attempt]) -> tuple[str, str]:
         failed = [f"{c['name']}: expected {c['expected']}, measured {c['measured']}"
                   for c in checks if c.get("verdict") == "fail"]
         failed += [f"{c['name']}: not observed" for c in checks if c.get("verdict") == "unobserved"]
+        misses = f" [listed deviations did not match: {real[-1].note}]" if real[-1].note else ""
         return verdict, ("; ".join(failed) or "an expectation was not met") + (
-            f" ({len(real)} attempts)" if len(real) > 1 else "") + note
+            f" ({len(real)} attempts)" if len(real) > 1 else "") + note + misses
+    if verdict in ("known", "unavailable"):
+        return verdict, real[-1].note + (f" ({len(real)} attempts)" if len(real) > 1 else "") + note
     outcome = real[-1].outcome
     return verdict, (f"outcome {outcome}, every check passed" if outcome else "every check passed") + note
 
@@ -478,6 +484,8 @@ class MatrixRunner:
             for cell in runnable:
                 if cell.verdict is None:
                     cell.verdict, cell.reason = combine(cell.attempts)
+                if cell.verdict == "as-expected":  # a listed kernel deviation it did not show: fixed upstream?
+                    cell.not_reproduced = [d.id for d in self._deviations(cell) if d.cause == "kernel"]
             self.manifest["finished"] = _now()
             self.manifest["status"] = "interrupted" if self.stopping is not None else "complete"
             db = history.db_path(self.results)
@@ -686,9 +694,33 @@ class MatrixRunner:
             a.error = "not observed: " + "; ".join(f"{c['name']}: {c.get('detail', '')}" for c in unobserved)
         elif rc == 1 and a.status == "complete":
             a.verdict = "unexpected"
+            self._match_known(cell, a)
         else:
             a.error = f"testbed run exited {rc}: {tail}"
         return a
+
+    def _deviations(self, cell: Cell) -> list:
+        from testbed.matrix import known
+
+        if self.loaded.deviations is None or cell.scenario == PROBE_SCENARIO:
+            return []
+        side = {impl: (impl, self.features[impl].version) for impl in (cell.client, cell.server)}
+        return known.applicable(self.loaded.deviations.deviations, cell.scenario, side[cell.client],
+                                side[cell.server])
+
+    def _match_known(self, cell: Cell, a: Attempt) -> None:
+        """An unexpected attempt that reproduces a listed deviation exactly is `known` (a kernel's) or
+        `unavailable` (an emulation limit), with the evidence and the citation."""
+        from testbed.matrix import known
+
+        listed = self._deviations(cell)
+        if not listed or a.manifest is None:
+            return
+        found, misses = known.match(listed, a.manifest)
+        if found is not None:
+            a.verdict, a.deviation, a.note, a.evidence = found.verdict, found.deviation.id, found.reason, found.evidence
+        else:
+            a.note = "; ".join(misses)
 
     def _kill(self, proc: subprocess.Popen) -> int | None:
         """SIGTERM to the cell's process group (the run tears down and archives itself), SIGKILL after
@@ -810,8 +842,3 @@ def _now() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def summary(cells: list[Cell]) -> dict[str, int]:
-    counts = Counter(c.verdict for c in cells)
-    return {v: counts.get(v, 0) for v in VERDICTS}

@@ -226,6 +226,9 @@ class PathExpect(Model):
     max_bytes: Size | None = None
     start: Duration | None = Field(None, description="window start, from when the workloads got under way (as events)")
     end: Duration | None = None
+    after_event: int | None = Field(None, ge=0, description="count start and end from when this event (its index "
+                                    "in events) had been carried out instead: a loaded emulated guest can take "
+                                    "seconds to run the command, and what the kernel did counts from then")
 
 
 class Compare(Model):

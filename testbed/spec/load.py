@@ -178,8 +178,12 @@ def check_references(exp: Experiment, res: Resolved, doc: Document) -> list[Prob
             for j, ref in enumerate(getattr(peers, field)):
                 if not is_ip(ref):
                     ref_ok((*loc, field, j), ref)
-    for ref in exp.expect.paths:
+    for ref, p in exp.expect.paths.items():
         ref_ok(("expect", "paths", ref), ref)
+        if p.after_event is not None and p.after_event >= len(exp.events):
+            problems.append(doc.problem(("expect", "paths", ref, "after_event"),
+                                        f"there is no event {p.after_event} (events are counted from 0; "
+                                        f"this experiment has {len(exp.events)})"))
     names = exp.workload_names()
     metric_refs_extra: list[tuple[tuple[str | int, ...], str]] = []
     if exp.expect.goodput and exp.expect.goodput.workload not in (None, *names):

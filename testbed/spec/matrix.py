@@ -13,6 +13,7 @@ testbed capabilities) is `testbed.matrix`'s business and is checked with `check_
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from testbed.errors import Problem, SpecError
+from testbed.spec.deviations import LoadedDeviations, load_deviations
 from testbed.spec.experiment import ProbeName
 from testbed.spec.model import Model
 from testbed.spec.names import NodeName, RunName
@@ -133,6 +135,9 @@ class Suite(Model):
     name: RunName
     description: str = ""
     implementations: str = Field("../implementations.yaml", description="registry file, relative to the suite")
+    known_deviations: str | None = Field(None, description="known-deviations file (testbed.spec.deviations), "
+                                                           "relative to the suite: cells that reproduce one are "
+                                                           "'known'")
     clients: list[ImplName] | None = Field(None, description="default client implementations (default: all)")
     servers: list[ImplName] | None = Field(None, description="default server implementations (default: all)")
     timeout: Duration = Field(180.0, gt=0, description="default cell timeout: the cell's process group is killed")
@@ -183,6 +188,7 @@ class LoadedSuite:
     registry: LoadedRegistry
     experiments: dict[str, Path] = field(default_factory=dict)  # scenario → experiment file
     probe_experiment: Path | None = None  # when the suite has probes
+    deviations: LoadedDeviations | None = None  # the suite's known deviations
 
     def scenario(self, name: str) -> Scenario:
         return next(s for s in self.suite.scenarios if s.name == name)
@@ -231,9 +237,17 @@ def load_suite(path: Path, display: str | None = None) -> LoadedSuite:
         probe_experiment = path.parent / suite.probe_experiment
         if not probe_experiment.is_file():
             problems.append(doc.problem(("probe_experiment",), f"no experiment file {probe_experiment}"))
+    deviations = None
+    if suite.known_deviations is not None:
+        dev_path = path.parent / suite.known_deviations
+        if not dev_path.is_file():
+            problems.append(doc.problem(("known_deviations",), f"no known-deviations file {dev_path}"))
+        else:
+            deviations = load_deviations(dev_path, os.path.relpath(dev_path))
+            deviations.check_names([s.name for s in suite.scenarios], names)
     if problems:
         raise SpecError(problems)
-    return LoadedSuite(path, suite, doc, text, registry, experiments, probe_experiment)
+    return LoadedSuite(path, suite, doc, text, registry, experiments, probe_experiment, deviations)
 
 
 def split_requirement(req: str) -> tuple[str | None, str]:

@@ -60,7 +60,7 @@ def test_small_matrix_twice_with_history(tmp_path):
     # the scenario's own checks ran in the pinned (tcp-client) cell, the generic ones in tcp cells
     assert cells["tcp-client/host/host"]["expectations"] == "scenario"
     assert cells["basic-handshake/tcp/host"]["expectations"] == "fallback"
-    assert mx["summary"] == {"as-expected": 8, "unexpected": 0, "unsupported": 0, "unavailable": 4, "flaky": 0,
+    assert mx["summary"] == {"as-expected": 8, "unexpected": 0, "unsupported": 0, "unavailable": 4, "flaky": 0, "known": 0,
                              "error": 0}
     assert mx["schema"] == "testbed-matrix" and mx["schema_version"] == 1
     assert mx["implementations"]["host"]["available"] and not mx["implementations"]["mptcp-v0.92"]["available"]

@@ -18,8 +18,8 @@ from testbed.matrix.features import (
     tcp_features,
     upstream_for_version,
 )
-from testbed.matrix.results import change
 from testbed.matrix.runner import Attempt, MatrixRunner, cell_name, combine
+from testbed.matrix.verdicts import change
 from testbed.spec.load import load_experiment
 from testbed.spec.matrix import load_registry, load_suite
 from tests.conftest import ROOT
