@@ -8,8 +8,9 @@ a hard timeout (the cell's process group is killed and whatever it left is swept
 interrupts (a signal to the matrix is forwarded to running cells, which tear down and archive
 themselves; cells not started are listed as not run).
 
-Verdicts: `as-expected`, `unexpected` (the implementation did not do what the RFC and its feature
-set say), `unsupported` (a side lacks a feature the scenario needs: not run), `unavailable` (an
+Verdicts (testbed.matrix.verdicts): `as-expected`, `unexpected` (the implementation did not do what
+the RFC and its feature set say), `known` (it did what a listed, cited deviation says: testbed.matrix.known),
+`unsupported` (a side lacks a feature the scenario needs: not run), `unavailable` (an
 implementation or testbed capability is missing here: not run), `flaky` (reruns disagreed) and
 `error` (the testbed failed: never counted against an implementation).
 """
@@ -603,7 +604,7 @@ class MatrixRunner:
             progress.update(task, current="")
 
     def _say(self, progress: Any, cell: Cell) -> None:
-        colour = {"as-expected": "green", "unexpected": "red", "flaky": "yellow", "error": "magenta"}.get(
+        colour = {"as-expected": "green", "unexpected": "red", "known": "cyan", "flaky": "yellow", "error": "magenta"}.get(
             cell.verdict or "", "dim")
         extra = ""
         if cell.attempts:
