@@ -70,6 +70,11 @@ def test_client_on_a_6_1_guest_joins_a_second_path(tmp_path):
     shaped = {(s["label"], s["backend"]) for s in m["shaping"]["links"]}
     assert ("wifi forward", "netem (guest kernel)") in shaped and ("wifi reverse", "netem (guest kernel)") in shaped
     assert (run / "logs" / "guests").is_dir()
+    # The guest's established subflows were seen through guestd's reads of /proc/net/tcp{,6} (no
+    # process started in the guest), both of them, like the namespace server's.
+    peers = json.loads((run / "peers.json").read_text())["peers"]
+    assert m["socket_samples"]["client"]["tcp_table_reads"] > 0 and len(peers["client"]) >= 1, peers
+    assert len(peers["server"]) == 2, peers  # the client's Wi-Fi and cellular addresses
 
 
 @pytest.mark.usefixtures("guests", "no_leaks")
