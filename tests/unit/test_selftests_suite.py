@@ -58,12 +58,28 @@ def test_the_scripts_numbers():
     assert denies.stacks["server"].sysctls == {"allow_join_initial_addr_port": 0}
 
 
-def test_a_kernel_without_the_scripts_counters_is_unsupported_not_failed():
-    # the script skips a check whose counter the kernel lacks; a cell says which counter instead
+def test_a_kernel_without_some_of_the_scripts_counters_runs_them_skipped():
+    # the script skips a check whose counter the kernel lacks; so does a cell (counters_absent: skip)
+    from testbed.verdict import Measurements, judge
+
     suite = load_suite(SUITE)
     name = "single-subflow"
-    f = scenario_facts(suite.scenario(name), load_experiment(suite.experiments[name]))
+    loaded = load_experiment(suite.experiments[name])
+    f = scenario_facts(suite.scenario(name), loaded)
     v61 = Side("linux-6.1", upstream_for_version("linux-6.1", (6, 1), "6.1"))
-    e = expect_cell(f, v61, v61, {})
-    assert e.status == "unsupported" and "MPJoin" in e.reason
-
+    assert expect_cell(f, v61, v61, {}).status == "run"
+    assert not any(r.startswith("mib:MPJoinSynTx") for r in f.requires["client"])
+    counters = {"client": {"MPTcpExtMPCapableSYNACKRX": 1, "MPTcpExtMPJoinSynAckRx": 1},
+                "server": {"MPTcpExtMPJoinSynRx": 1, "MPTcpExtMPJoinAckRx": 1}}
+    present = {n: {"MPTcpExtMPCapableSYNACKRX", "MPTcpExtMPJoinSynRx", "MPTcpExtMPJoinSynAckRx",
+                   "MPTcpExtMPJoinAckRx"} for n in ("client", "server")}  # no MPJoinSynTx, MPJoinRejected, ...
+    checks = {c.name: c for c in judge(loaded.experiment, Measurements({}, {}, counters, None, {}, present=present),
+                                       "mptcp")}
+    assert checks["counter client.MPTcpExtMPJoinSynTx"].verdict == "info"
+    assert checks["counter client.MPTcpExtMPJoinSynTx"].measured == "absent"
+    assert "skipped" in checks["counter client.MPTcpExtMPJoinSynTx"].detail
+    assert checks["counter server.MPTcpExtMPJoinAckRx"].verdict == "pass"
+    counters["server"]["MPTcpExtMPJoinAckRx"] = 0   # a present counter is still judged
+    checks = {c.name: c for c in judge(loaded.experiment, Measurements({}, {}, counters, None, {}, present=present),
+                                       "mptcp")}
+    assert checks["counter server.MPTcpExtMPJoinAckRx"].verdict == "fail"
