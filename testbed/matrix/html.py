@@ -1,6 +1,8 @@
-"""report.html: the client × server table per scenario, filters, links into every cell's archive,
-and per-path throughput over time for cells that moved data. A static page built from matrix.json
-and the cells' linkbytes.json alone; no network access, no external scripts."""
+"""report.html: an overview grid first (scenarios × client→server pairs, one coloured letter per
+cell, as the QUIC Interop Runner shows its matrix), then the client × server table per scenario,
+filters, links into every cell's archive, and per-path throughput over time for cells that moved
+data. A static page built from matrix.json and the cells' linkbytes.json alone; no network access,
+no external scripts."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 VERDICT_COLOURS = {"as-expected": "#16a34a", "unexpected": "#dc2626", "known": "#0891b2", "flaky": "#d97706",
-                   "error": "#7c3aed",
-                   "unsupported": "#64748b", "unavailable": "#94a3b8", "planned": "#cbd5e1"}
+                   "error": "#7c3aed", "unsupported": "#64748b", "unavailable": "#94a3b8", "planned": "#cbd5e1"}
+# One letter per verdict in the overview grid; `known` is a known kernel deviation (its own colour).
+VERDICT_LETTERS = {"as-expected": "✓", "unexpected": "✕", "known": "K", "flaky": "F", "error": "E",
+                   "unsupported": "U", "unavailable": "–", "planned": "·"}
 PATH_COLOURS = ("#2563eb", "#ea580c", "#059669", "#db2777", "#7c3aed", "#0891b2")
 
 
@@ -97,4 +101,22 @@ def render(matrix: dict[str, Any], run_dir: Path) -> str:
     return env.get_template("report.html.j2").render(
         m=matrix, scenarios=sorted(scenarios), table=table, clients=clients, rows=rows, servers=servers,
         implementations=sorted(set(clients) | set(servers)), colours=VERDICT_COLOURS, plots=plots,
-        verdicts=[v for v in VERDICT_COLOURS if any(c["verdict"] == v for c in cells)])
+        verdicts=[v for v in VERDICT_COLOURS if any(c["verdict"] == v for c in cells)],
+        letters=VERDICT_LETTERS, overview=overview(table, kinds, [c for c in clients if c not in probe_rows],
+                                                   servers))
+
+
+def overview(table: dict[str, dict[tuple[str, str], dict]], kinds: dict[str, str | None], clients: list[str],
+             servers: list[str]) -> dict[str, Any]:
+    """The overview grid: columns are client→server pairs grouped by server; a row per scenario, and
+    per probe (a probe is the client, so its cell spans the clients of each server's group)."""
+    rows = []
+    for s in sorted(table):
+        if kinds[s] == "probes":
+            for probe in sorted({cl for cl, _ in table[s]}):
+                rows.append({"label": probe, "scenario": s, "probe": True,
+                             "cells": [table[s].get((probe, sv)) for sv in servers]})
+        else:
+            rows.append({"label": s, "scenario": s, "probe": False,
+                         "cells": [table[s].get((cl, sv)) for sv in servers for cl in clients]})
+    return {"clients": clients, "servers": servers, "rows": rows}

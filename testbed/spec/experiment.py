@@ -253,6 +253,11 @@ class Expect(Model):
     counters: dict[str, Bound] = Field(default_factory=dict,
                                        description="'node.CounterName' (delta over the run) → bounds; a node "
                                                    "pattern such as 'server*' sums the nodes it matches")
+    counters_absent: Literal["fail", "skip"] = Field(
+        "fail", description="a counter check on a kernel without that counter: 'fail' (it proves nothing, so "
+                            "the check fails, and a matrix cell on such a kernel is unsupported) or 'skip' (the "
+                            "check is recorded as skipped and the others judge the cell, as the kernel's own "
+                            "selftests do)")
     subflows: Bound | None = Field(None, description="joined subflows + 1, from the client's counters")
     goodput: RateBound | None = None
     latency: LatencyExpect | None = None
