@@ -71,6 +71,15 @@ class RunState:
             self.namespaces.append(ns)
         self.save()
 
+    def add_processes(self, entries: list[tuple[int, str]], node_namespace: bool = False) -> None:
+        """Several processes, written down in one save (a thousand node shells, one file write)."""
+        for pid, what in entries:
+            ns = netns_inode(pid)
+            self.processes.append({"pid": pid, "start": proc_start_time(pid), "netns": ns, "what": what})
+            if node_namespace and ns and ns not in self.namespaces:
+                self.namespaces.append(ns)
+        self.save()
+
     def add_child(self, pid: int, what: str) -> None:
         self.children.append({"pid": pid, "start": proc_start_time(pid), "what": what})
         self.save()
