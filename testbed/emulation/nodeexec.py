@@ -209,12 +209,21 @@ def parallel(jobs: Sequence[Callable[[], Any]], workers: int = 8) -> list[Any]:
         return [f.result() for f in futures]
 
 
+def readable(fd: int, timeout: float) -> bool:
+    """Whether `fd` has input (or hung up) within `timeout` seconds. poll(), not select(): a
+    thousand-node network holds more than select()'s 1024 descriptors (every shell has a pty)."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
 def wait_for_output(stream: Any, token: bytes, timeout: float) -> tuple[bool, bytes]:
     """Read a child's pipe until `token` appears; (found, what was read).
 
     Reads the raw descriptor: a buffered readline() could pull the token into Python's buffer,
     where select() no longer sees it."""
-    import select
     import time
 
     fd = stream.fileno()
@@ -222,7 +231,7 @@ def wait_for_output(stream: Any, token: bytes, timeout: float) -> tuple[bool, by
     deadline = time.monotonic() + timeout
     while token not in seen:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not readable(fd, left):
             return False, seen
         chunk = os.read(fd, 65536)
         if not chunk:
