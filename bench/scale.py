@@ -46,9 +46,9 @@ topo = load_topology(Path(spec["file"]), overrides).topology
 start = time.perf_counter()
 net = mn_net.Mininet(topo=None, controller=None, switch=mn_nodelib.LinuxBridge, build=False)
 names = {}
-for i, (name, node) in enumerate(topo.nodes.items()):
-    if node.kind == "switch":  # root-namespace names: short and this process's own
-        names[name] = net.addSwitch(f"r{os.getpid() % 1000}s{i}")
+for name, node in topo.nodes.items():
+    if node.kind == "switch":  # root-namespace names: short (ports add "-eth1000") and this process's own
+        names[name] = net.addSwitch(f"s{os.getpid() % 1000}x{len(net.switches)}")
     else:
         names[name] = net.addHost(name)
 for link in topo.links:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import os
 import re
 import signal
 import subprocess
+from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,29 @@ def route_argv(route: Route, verb: str) -> list[str]:
     if route.table is not None:
         argv += ["table", str(route.table)]
     return argv
+
+
+def installed_routes(routes: list[Route]) -> list[Route]:
+    """The routes to install: those with the same gateway, interface and table merged into the fewest
+    prefixes covering exactly the same addresses (ipaddress.collapse_addresses). A router in the middle
+    of an N-router chain has N routes through two gateways; merged, about 2 log N. Forwarding is the
+    same, because a table's destinations are disjoint; a table where some overlap is left as it is."""
+    tables: dict[tuple[int | None, int], list[Route]] = defaultdict(list)
+    for route in routes:
+        tables[(route.table, route.destination.version)].append(route)
+    out: list[Route] = []
+    for rs in tables.values():
+        nets = sorted((r.destination for r in rs), key=lambda n: (n.network_address, n.prefixlen))
+        # sorted CIDR blocks overlap only if one contains the next
+        if any(a.overlaps(b) for a, b in zip(nets, nets[1:], strict=False)):
+            out += rs
+            continue
+        groups: dict[tuple[Any, str], list[Any]] = defaultdict(list)
+        for r in rs:
+            groups[(r.via, r.interface)].append(r.destination)
+        for (via, interface), dests in groups.items():
+            out += [Route(net, via, interface, rs[0].table) for net in ipaddress.collapse_addresses(dests)]
+    return out
 
 
 class Network:
@@ -92,13 +117,23 @@ class Network:
                 return mn_nodelib.LinuxBridge(self.bridges[name])
             return mn_node.Host(name, ip=None)
 
-        made = parallel([lambda n=n: make(n) for n in order], workers=4)
-        for name, node in zip(order, made, strict=True):
+        # Every shell that started is registered, even if another failed: teardown must find them all.
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-shell") as pool:
+            futures = [(name, pool.submit(make, name)) for name in order]
+        failure: BaseException | None = None
+        for name, future in futures:
+            try:
+                node = future.result()
+            except Exception as exc:  # noqa: BLE001 - the first one is raised below
+                failure = failure or exc
+                continue
             self.nodes[name] = node
             (self.net.switches if topo.nodes[name].kind == "switch" else self.net.hosts).append(node)
             self.net.nameToNode[node.name] = node
         self.state.add_processes([(self.nodes[n].pid, f"shell of {n}") for n in order
-                                  if topo.nodes[n].kind != "switch"], node_namespace=True)
+                                  if n in self.nodes and topo.nodes[n].kind != "switch"], node_namespace=True)
+        if failure is not None:
+            raise RunError(f"starting the node shells: {failure}") from failure
 
     def _add_links(self, ports: dict[tuple[int, str], str]) -> None:
         """Every veth pair and bridge in one `ip -batch` run in the root namespace: each pair is made
@@ -301,7 +336,7 @@ class Network:
                 # 64 KB super-packets, and one drop would lose ~45 segments at once.
                 commands.append(["ethtool", "-K", intf.name, "tso", "off", "gso", "off", "gro", "off"])
             ip.append(["ip", "link", "set", intf.name, "up"])
-        ip += [route_argv(route, "add") for route in self.resolved.routes[name]]
+        ip += [route_argv(route, "add") for route in installed_routes(self.resolved.routes[name])]
         rules6 = []
         for i, rule in enumerate(self.resolved.rules[name]):
             argv = ["rule", "add", "from", str(rule.address), "table", str(rule.table), "priority", str(1000 + i)]
@@ -327,7 +362,7 @@ class Network:
                 self._restore_routes(*peer)
 
     def _restore_routes(self, name: str, intf: str) -> None:
-        run_many(self.nodes[name], [route_argv(r, "replace") for r in self.resolved.routes[name]
+        run_many(self.nodes[name], [route_argv(r, "replace") for r in installed_routes(self.resolved.routes[name])
                                     if r.interface == intf])
 
     def stop(self) -> None:

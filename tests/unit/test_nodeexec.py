@@ -67,3 +67,36 @@ def test_a_long_command_is_not_typed_but_still_runs():
     assert all(len(line) <= nodeexec.LINE_MAX for line in node.lines)
     code, out = nodeexec.run(node, ["sh", "-c", "echo no; exit 3"], check=False)
     assert code == 3 and "no" in out
+
+
+def test_installed_routes_merge_a_chain_into_prefixes_covering_the_same_addresses():
+    from pathlib import Path
+
+    from testbed.emulation.network import installed_routes
+    from testbed.errors import Problem
+    from testbed.spec.load import load_topology
+
+    top = Path(__file__).resolve().parents[2] / "topologies" / "chain.yaml.j2"
+    res = load_topology(top, {"n": (60, Problem("t", None, None, "n", ""))}).resolved
+    for name in ("client", "r0", "r29", "r59", "server"):
+        routes = res.routes[name]
+        merged = installed_routes(routes)
+        assert len(merged) <= 16 < len(routes) or len(routes) <= 16
+        # every original destination is inside exactly one merged route with the same next hop
+        for r in routes:
+            (m,) = [m for m in merged if r.destination.subnet_of(m.destination)]
+            assert (m.via, m.interface, m.table) == (r.via, r.interface, r.table)
+        assert sum(m.destination.num_addresses for m in merged) == sum(r.destination.num_addresses for r in routes)
+
+
+def test_installed_routes_leave_overlapping_tables_alone():
+    from ipaddress import ip_address, ip_network
+
+    from testbed.emulation.network import installed_routes
+    from testbed.spec.resolve import Route
+
+    gw_a, gw_b = ip_address("10.9.0.1"), ip_address("10.9.0.2")
+    routes = [Route(ip_network("10.0.0.0/25"), gw_a, "eth0"), Route(ip_network("10.0.0.128/25"), gw_a, "eth0"),
+              Route(ip_network("10.0.0.0/24"), gw_b, "eth1")]
+    assert installed_routes(routes) == routes
+    assert len(installed_routes(routes[:2])) == 1
