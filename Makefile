@@ -39,6 +39,7 @@ bench: deps
 	$(PY) bench/matrix_rate.py
 	$(PY) bench/guest_boot.py
 	$(PY) bench/guest_reuse.py
+	$(PY) bench/scale.py
 
 clean:
 	$(PY) -m testbed clean

@@ -272,7 +272,7 @@ class Runner:
         self.manifest["stacks"] = stacks
         self._mark("stacks")
         self.shaper = Shaper(backend, run_dir.path("logs/shaping"), seed=self.seed)
-        links = []
+        shaped = []
         for li, link in enumerate(self.res.topology.links):
             if link.impairment is None:
                 continue
@@ -282,12 +282,14 @@ class Runner:
                     continue
                 d = self._direction(li, forward, imp, LinkDirection)
                 self.link_directions[(li, forward)] = d
-                desc = self.shaper.apply(d)
-                for pid in self.shaper.processes():
-                    if not any(p["pid"] == pid for p in state.processes):
-                        state.add_process(pid, f"shaping {d.label}")
-                links.append({"link": li, "name": link.name, "direction": "forward" if forward else "reverse",
-                              **desc})
+                shaped.append((li, link, forward, d))
+        try:
+            descs = self.shaper.apply_many([d for *_, d in shaped])
+        finally:  # delay lines started before a failure are recorded too
+            known = {p["pid"] for p in state.processes}
+            state.add_processes([(pid, "shaping delay line") for pid in self.shaper.processes() if pid not in known])
+        links = [{"link": li, "name": link.name, "direction": "forward" if forward else "reverse", **desc}
+                 for (li, link, forward, _), desc in zip(shaped, descs, strict=True)]
         self.manifest["shaping"] = {"backend": backend, "links": links}
         self._mark("shaping")
         self.manifest["functions"] = self._start_functions(run_dir, state)

@@ -71,6 +71,15 @@ class RunState:
             self.namespaces.append(ns)
         self.save()
 
+    def add_processes(self, entries: list[tuple[int, str]], node_namespace: bool = False) -> None:
+        """Several processes, written down in one save (a thousand node shells, one file write)."""
+        for pid, what in entries:
+            ns = netns_inode(pid)
+            self.processes.append({"pid": pid, "start": proc_start_time(pid), "netns": ns, "what": what})
+            if node_namespace and ns and ns not in self.namespaces:
+                self.namespaces.append(ns)
+        self.save()
+
     def add_child(self, pid: int, what: str) -> None:
         self.children.append({"pid": pid, "start": proc_start_time(pid), "what": what})
         self.save()
@@ -143,9 +152,17 @@ def sweep(state: RunState) -> dict[str, int]:
     pids.discard(os.getpid())
     kill_all(sorted(pids))
     removed_links = 0
-    for name in state.links:
-        r = subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=10)
-        removed_links += r.returncode == 0
+    if state.links:
+        # One listing and one batch, not a process per name: a large run lists thousands of ports.
+        listing = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=30).stdout
+        present = {line.split(": ")[1].split("@")[0] for line in listing.splitlines() if ": " in line}
+        left = [name for name in state.links if name in present]
+        if left:
+            subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {n}\n" for n in left),
+                           capture_output=True, text=True, timeout=120)
+            listing = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=30).stdout
+            still = {line.split(": ")[1].split("@")[0] for line in listing.splitlines() if ": " in line}
+            removed_links = sum(name not in still for name in left)
     import shutil
     import tempfile
 

@@ -9,12 +9,19 @@ configured like any node, through its `cmd`."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import ipaddress
+import os
+import re
+import signal
+import subprocess
+from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from testbed.emulation.mininet_import import mininet_modules
-from testbed.emulation.nodeexec import parallel, run, run_many
+from testbed.emulation.nodeexec import parallel, run, run_many, write_script
 from testbed.errors import RunError
 from testbed.spec.resolve import Interface, Resolved, Route
 from testbed.state import RunState
@@ -36,6 +43,29 @@ def route_argv(route: Route, verb: str) -> list[str]:
     if route.table is not None:
         argv += ["table", str(route.table)]
     return argv
+
+
+def installed_routes(routes: list[Route]) -> list[Route]:
+    """The routes to install: those with the same gateway, interface and table merged into the fewest
+    prefixes covering exactly the same addresses (ipaddress.collapse_addresses). A router in the middle
+    of an N-router chain has N routes through two gateways; merged, about 2 log N. Forwarding is the
+    same, because a table's destinations are disjoint; a table where some overlap is left as it is."""
+    tables: dict[tuple[int | None, int], list[Route]] = defaultdict(list)
+    for route in routes:
+        tables[(route.table, route.destination.version)].append(route)
+    out: list[Route] = []
+    for rs in tables.values():
+        nets = sorted((r.destination for r in rs), key=lambda n: (n.network_address, n.prefixlen))
+        # sorted CIDR blocks overlap only if one contains the next
+        if any(a.overlaps(b) for a, b in zip(nets, nets[1:], strict=False)):
+            out += rs
+            continue
+        groups: dict[tuple[Any, str], list[Any]] = defaultdict(list)
+        for r in rs:
+            groups[(r.via, r.interface)].append(r.destination)
+        for (via, interface), dests in groups.items():
+            out += [Route(net, via, interface, rs[0].table) for net in ipaddress.collapse_addresses(dests)]
+    return out
 
 
 class Network:
@@ -65,32 +95,79 @@ class Network:
         ports = self._switch_ports()
         self._boot_guests(ports)  # in the background, while the namespaces are made
         self.net = mn_net.Mininet(topo=None, controller=None, build=False, autoSetMacs=False)
-        for name, spec in topo.nodes.items():
-            if spec.kind == "switch":
-                bridge = self.bridges[name]
-                self.state.add_link(bridge)
-                self.nodes[name] = self.net.addSwitch(bridge, cls=mn_nodelib.LinuxBridge)
-            elif name not in self.guests:
-                self.nodes[name] = self.net.addHost(name, cls=mn_node.Host, ip=None)
-                self.state.add_process(self.nodes[name].pid, f"shell of {name}", node_namespace=True)
-        for li, link in enumerate(topo.links):
-            if any(end.node in self.guests for end in link.endpoints):
-                continue  # a guest's TAP: wired once the guest is up
-            names = []
-            for end in link.endpoints:
-                if end.node in self.bridges:
-                    port = ports[(li, end.node)]
-                    self.state.add_link(port)
-                    names.append(port)
-                else:
-                    names.append(self._interface_of(end.node, li).name)
-            a, b = link.endpoints
-            self.net.addLink(self.nodes[a.node], self.nodes[b.node], intfName1=names[0], intfName2=names[1])
-        for name in self.bridges:
-            self.nodes[name].start([])
+        self._add_nodes(mn_node, mn_nodelib)
+        self._add_links(ports)
         self._wire_guests()
         # Each node has its own shell, so nodes are configured side by side.
         parallel([lambda n=n: self._configure(n) for n in self.resolved.l3_nodes()])
+
+    def _add_nodes(self, mn_node: Any, mn_nodelib: Any) -> None:
+        """One Mininet node (a shell, in its own namespace unless it is a switch) per topology node.
+
+        Starting a shell is a fork, an exec and a wait for its first prompt: the shells are started
+        side by side, and registered with Mininet and the run's state in topology order."""
+        topo = self.resolved.topology
+        order = [n for n in topo.nodes if n not in self.guests]
+        for name in order:
+            if topo.nodes[name].kind == "switch":
+                self.state.add_link(self.bridges[name])
+
+        def make(name: str) -> Any:
+            if topo.nodes[name].kind == "switch":
+                return mn_nodelib.LinuxBridge(self.bridges[name])
+            return mn_node.Host(name, ip=None)
+
+        # Every shell that started is registered, even if another failed: teardown must find them all.
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-shell") as pool:
+            futures = [(name, pool.submit(make, name)) for name in order]
+        failure: BaseException | None = None
+        for name, future in futures:
+            try:
+                node = future.result()
+            except Exception as exc:  # noqa: BLE001 - the first one is raised below
+                failure = failure or exc
+                continue
+            self.nodes[name] = node
+            (self.net.switches if topo.nodes[name].kind == "switch" else self.net.hosts).append(node)
+            self.net.nameToNode[node.name] = node
+        self.state.add_processes([(self.nodes[n].pid, f"shell of {n}") for n in order
+                                  if n in self.nodes and topo.nodes[n].kind != "switch"], node_namespace=True)
+        if failure is not None:
+            raise RunError(f"starting the node shells: {failure}") from failure
+
+    def _add_links(self, ports: dict[tuple[int, str], str]) -> None:
+        """Every veth pair and bridge in one `ip -batch` run in the root namespace: each pair is made
+        with its ends already in their nodes' namespaces (`netns PID`), each switch port enslaved to
+        its bridge. Mininet gets the same Link and Intf objects as if it had made them one by one."""
+        topo = self.resolved.topology
+        made_link, made_intf = _made_classes()
+        lines = [f"link add name {self.bridges[name]} group {self.group} type bridge" for name in self.bridges]
+        up: list[str] = []
+        port_names = []
+        for li, link in enumerate(topo.links):
+            if any(end.node in self.guests for end in link.endpoints):
+                continue  # a guest's TAP: wired once the guest is up
+            names, where = [], []
+            for end in link.endpoints:
+                if end.node in self.bridges:
+                    port = ports[(li, end.node)]
+                    port_names.append(port)
+                    names.append(port)
+                    where.append("")
+                    up += [f"link set {port} master {self.bridges[end.node]} group {self.group}",
+                           f"link set {port} up"]
+                else:
+                    names.append(self._interface_of(end.node, li).name)
+                    where.append(f" netns {self.nodes[end.node].pid}")
+            lines.append(f"link add name {names[0]}{where[0]} type veth peer name {names[1]}{where[1]}")
+            a, b = link.endpoints
+            self.net.addLink(self.nodes[a.node], self.nodes[b.node], intfName1=names[0], intfName2=names[1],
+                             cls=made_link, intf=made_intf)
+        lines += up + [f"link set {self.bridges[name]} up" for name in self.bridges]
+        for port in port_names:
+            self.state.links.append(port)
+        self.state.save()
+        root_batch(lines)
 
     def _switch_ports(self) -> dict[tuple[int, str], str]:
         """(link index, switch) → the switch port's name in the root namespace, counted in link order."""
@@ -241,25 +318,30 @@ class Network:
             if ipv6:
                 sysctls["net.ipv6.conf.all.forwarding"] = "1"
         sysctls.update({k: str(v) for k, v in spec.sysctls.items()})
-        commands: list[list[str]] = [["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())],
-                                     ["ip", "link", "set", "lo", "up"]]
+        # Grouped so that run_many gives the `ip` commands to one `ip -batch` each for `ip -6` (addresses
+        # first: IPv6 routes need them), plain `ip` (the family comes from the addresses), `ip -6` rules.
+        commands: list[list[str]] = [["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())]]
+        addrs6: list[list[str]] = []
+        ip: list[list[str]] = [["ip", "link", "set", "lo", "up"]]
         for intf in self.resolved.interfaces[name]:
             mtu = self.resolved.topology.links[intf.link].mtu if intf.link is not None else None
             if mtu:
-                commands.append(["ip", "link", "set", intf.name, "mtu", str(mtu)])
+                ip.append(["ip", "link", "set", intf.name, "mtu", str(mtu)])
             if intf.address is not None:
-                commands.append(["ip", "addr", "add", str(intf.address), "dev", intf.name])
+                ip.append(["ip", "addr", "add", str(intf.address), "dev", intf.name])
             if intf.address6 is not None:
-                commands.append(["ip", "-6", "addr", "add", str(intf.address6), "dev", intf.name, "nodad"])
+                addrs6.append(["ip", "-6", "addr", "add", str(intf.address6), "dev", intf.name, "nodad"])
             if self._lossy(intf.link):
                 # Loss is per packet only if packets are MTU-sized: with offloads a veth carries
                 # 64 KB super-packets, and one drop would lose ~45 segments at once.
                 commands.append(["ethtool", "-K", intf.name, "tso", "off", "gso", "off", "gro", "off"])
-            commands.append(["ip", "link", "set", intf.name, "up"])
-        commands += [route_argv(route, "add") for route in self.resolved.routes[name]]
+            ip.append(["ip", "link", "set", intf.name, "up"])
+        ip += [route_argv(route, "add") for route in installed_routes(self.resolved.routes[name])]
+        rules6 = []
         for i, rule in enumerate(self.resolved.rules[name]):
-            commands.append(["ip", f"-{rule.address.version}", "rule", "add", "from", str(rule.address),
-                             "table", str(rule.table), "priority", str(1000 + i)])
+            argv = ["rule", "add", "from", str(rule.address), "table", str(rule.table), "priority", str(1000 + i)]
+            (ip.append(["ip", *argv]) if rule.address.version == 4 else rules6.append(["ip", "-6", *argv]))
+        commands += addrs6 + ip + rules6
         run_many(node, commands)
 
     def _lossy(self, link: int | None) -> bool:
@@ -280,7 +362,7 @@ class Network:
                 self._restore_routes(*peer)
 
     def _restore_routes(self, name: str, intf: str) -> None:
-        run_many(self.nodes[name], [route_argv(r, "replace") for r in self.resolved.routes[name]
+        run_many(self.nodes[name], [route_argv(r, "replace") for r in installed_routes(self.resolved.routes[name])
                                     if r.interface == intf])
 
     def stop(self) -> None:
@@ -291,10 +373,68 @@ class Network:
                 raise RunError("; ".join(errors))
             return
         try:
-            self.net.stop()
+            self._stop_nodes()
         except Exception as exc:  # noqa: BLE001 - teardown must go on; the sweep removes the rest
             raise RunError("; ".join([*errors, f"stopping Mininet: {exc}"])) from exc
         finally:
             self.net = None
         if errors:
             raise RunError("; ".join(errors))
+
+    def _stop_nodes(self) -> None:
+        """Every shell is hung up at once and awaited: a namespace ends with its last process, and the
+        kernel removes its interfaces with it, in one batch per namespace, veth peers in the root
+        namespace (switch ports) included. The bridges and their ports are in the run's own link group:
+        one request deletes them all (ports whose peer is in no namespace of ours too).
+        Deleting devices one by one costs a kernel synchronisation each (20 ms under load)."""
+        net = self.net
+        nodes = [*net.hosts, *net.switches]
+        for node in nodes:
+            shell = getattr(node, "shell", None)
+            if shell is not None and shell.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(shell.pid, signal.SIGHUP)
+        for node in nodes:
+            node.terminate()
+        if net.switches:
+            root_batch([f"link del group {self.group}"], force=True)
+
+    @property
+    def group(self) -> int:
+        """The interface group of this run's root-namespace devices (from its unique tag; 0 is the
+        kernel's default group, so the tag's value is moved clear of small numbers others may use)."""
+        return (1 << 24) + int(self.tag, 16) if all(c in "0123456789abcdef" for c in self.tag) else (1 << 24) + 1
+
+
+@functools.cache
+def _made_classes() -> tuple[type, type]:
+    """Mininet Link and Intf classes for veth pairs that already exist (made by the root batch) and
+    that the node's own configuration batch brings up: Mininet runs no command for them."""
+    from mininet import link as mn_link
+
+    class MadeIntf(mn_link.Intf):
+        def config(self, **_params: Any) -> dict:
+            return {}
+
+    class MadeLink(mn_link.Link):
+        def makeIntfPair(self, *_args: Any, **_kwargs: Any) -> None:
+            return None
+
+    return MadeLink, MadeIntf
+
+
+def root_batch(lines: list[str], force: bool = False, timeout: float = 120.0) -> None:
+    """Run `ip` batch lines in the root namespace (one process); RunError names the failed line."""
+    if not lines:
+        return
+    path = write_script("\n".join(lines) + "\n", suffix=".batch")
+    try:
+        argv = ["ip", *(["-force"] if force else []), "-batch", str(path)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    if r.returncode != 0 and not force:
+        found = re.search(re.escape(str(path)) + r":(\d+)", r.stderr)
+        line = lines[int(found.group(1)) - 1] if found and int(found.group(1)) <= len(lines) else "?"
+        raise RunError(f"`ip {line}` failed: {r.stderr.strip()[:400]}")

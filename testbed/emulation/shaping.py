@@ -39,7 +39,6 @@ import os
 import pathlib
 import random
 import re
-import select
 import shlex
 import signal
 import subprocess
@@ -50,6 +49,7 @@ import uuid
 from dataclasses import dataclass
 from typing import IO, Any
 
+from testbed.emulation.nodeexec import readable
 from testbed.errors import CapabilityError, RunError
 from testbed.spec.topology import Impairment
 
@@ -338,8 +338,7 @@ class _DelayLineProc:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
+            if not readable(fd, remaining):
                 return None
             chunk = os.read(fd, 4096)
             if not chunk:
@@ -396,12 +395,24 @@ class Shaper:
         self._log_names: set[str] = set()
         self._forwarding: dict[str, bool] = {}
         self._lock = threading.RLock()  # timeline events may change links from another thread
+        # apply_many shapes directions side by side: what they share is changed under this one
+        self._shared = threading.Lock()
 
     # -- public API -----------------------------------------------------------------------------
 
     def apply(self, d: LinkDirection) -> dict[str, Any]:
         """Install `d.impairment`; returns a JSON-able description for the manifest."""
         return self.change(d, d.impairment)
+
+    def apply_many(self, directions: list[LinkDirection], workers: int = 8) -> list[dict[str, Any]]:
+        """`apply` for many directions, side by side (each has its own interface and delay line; a
+        thousand-link topology is not shaped one process at a time); descriptions in order."""
+        from testbed.emulation.nodeexec import parallel
+
+        with self._lock:
+            for d in directions:  # states numbered in order, whatever order the threads run in
+                self._state_for(d)
+            return parallel([lambda d=d: self._change(d, d.impairment) for d in directions], workers=workers)
 
     def change(self, d: LinkDirection, impairment: Impairment) -> dict[str, Any]:
         """Make an (already shaped or not) direction match `impairment` at runtime.
@@ -417,10 +428,7 @@ class Shaper:
             if d.receiver_if is None:
                 raise ValueError(f"{d.label}: a receiver node needs receiver_if")
             check_ifname(d.receiver_if)
-        key = (str(getattr(d.sender, "name", id(d.sender))), d.sender_if)
-        state = self._states.get(key)
-        if state is None:
-            state = self._states[key] = _State(index=len(self._states), label=d.label)
+        state = self._state_for(d)
         if getattr(d.sender, "shapes_own_links", False):
             description = self._in_guest(d, state, impairment, d.sender, d.sender_if, ingress=False)
         elif d.receiver is not None and getattr(d.receiver, "shapes_own_links", False):
@@ -434,13 +442,26 @@ class Shaper:
         d.impairment = impairment
         return description
 
+    def _state_for(self, d: LinkDirection) -> _State:
+        key = (str(getattr(d.sender, "name", id(d.sender))), d.sender_if)
+        with self._shared:
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = _State(index=len(self._states), label=d.label)
+            return state
+
     def stop(self) -> None:
         """Stop every delay line started (SIGTERM, wait, SIGKILL); idempotent."""
         with self._lock:
             self._stop()
 
     def _stop(self) -> None:
-        lines, self._lines = self._lines, []
+        with self._shared:
+            lines, self._lines = self._lines, []
+        for line in lines:  # all told at once, then awaited: they release what they hold in parallel
+            with contextlib.suppress(OSError):
+                if line.proc.poll() is None:
+                    line.proc.send_signal(signal.SIGTERM)
         for line in lines:
             self._terminate(line)
         for state in self._states.values():
@@ -448,7 +469,8 @@ class Shaper:
 
     def processes(self) -> list[int]:
         """Pids of the delay lines this shaper started and has not stopped."""
-        return [line.proc.pid for line in self._lines]
+        with self._shared:
+            return [line.proc.pid for line in self._lines]
 
     # -- backends ------------------------------------------------------------------------------
 
@@ -463,9 +485,11 @@ class Shaper:
         }
 
     def _netem(self, d: LinkDirection, state: _State, imp: Impairment) -> dict[str, Any]:
-        for argv in netem_commands(d.sender_if, imp, state.layout):
-            # deleting a root qdisc that is already gone is not an error worth stopping for
-            self._run(d.sender, argv, check=argv[:3] != ["tc", "qdisc", "del"])
+        commands = netem_commands(d.sender_if, imp, state.layout)
+        for argv in commands:
+            if argv[:3] == ["tc", "qdisc", "del"]:  # already gone is not an error worth stopping for
+                self._run(d.sender, argv, check=False)
+        self._run_tc(d.sender, [argv for argv in commands if argv[:3] != ["tc", "qdisc", "del"]])
         state.layout = netem_layout(imp)
         return self._describe_netem(d, imp, state, f"{_where(d.sender, d.sender_if)} egress")
 
@@ -510,8 +534,7 @@ class Shaper:
         # rate: htb + pfifo on the sender's egress
         if imp.rate:
             assert queue is not None
-            for argv in fallback_rate_commands(d.sender_if, imp.rate, queue, root=not state.htb):
-                self._run(d.sender, argv)
+            self._run_tc(d.sender, fallback_rate_commands(d.sender_if, imp.rate, queue, root=not state.htb))
             state.htb = True
             out["rate"] = f"htb on {_where(d.sender, d.sender_if)} egress (pfifo limit {queue})"
         elif state.htb:
@@ -608,17 +631,19 @@ class Shaper:
             self._set_line(state.line, delay=delay, jitter=jitter, loss=loss)
             return state.line
         if state.line is not None:  # it died: its rules (queue-bypass) pass packets; the caller replaces them
-            self._lines = [x for x in self._lines if x is not state.line]
+            with self._shared:
+                self._lines = [x for x in self._lines if x is not state.line]
             self._terminate(state.line)
             state.line = None
-        queue = self._next_queue
-        self._next_queue += 1
+        with self._shared:
+            queue = self._next_queue
+            self._next_queue += 1
+            name = f"delayline-{safe_label(d.label)}"
+            if name in self._log_names:
+                name = f"{name}-q{queue}"
+            self._log_names.add(name)
         seed = random.Random(f"{self.seed}:{state.index}").getrandbits(31)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        name = f"delayline-{safe_label(d.label)}"
-        if name in self._log_names:
-            name = f"{name}-q{queue}"
-        self._log_names.add(name)
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
         argv = delayline_command(queue, delay=delay, jitter=jitter, loss=loss, seed=seed)
@@ -628,10 +653,12 @@ class Shaper:
             log_file.close()
             raise
         line = _DelayLineProc(proc=proc, queue=queue, log_path=log_path, log_file=log_file)
-        self._lines.append(line)
+        with self._shared:
+            self._lines.append(line)
         answer = line.read_line(READY_TIMEOUT)
         if answer != "ready":
-            self._lines.remove(line)
+            with self._shared:
+                self._lines.remove(line)
             self._terminate(line)
             raise RunError(f"{d.label}: the delay line in {getattr(site.node, 'name', site.node)} did not "
                            f"start (got {answer!r} within {READY_TIMEOUT:g}s): {self._log_tail(log_path)}")
@@ -699,6 +726,30 @@ class Shaper:
         code, _, err = self._exec(node, argv)
         if check and code != 0:
             raise RunError(f"{getattr(node, 'name', node)}: `{shlex.join(argv)}` failed (exit {code}): {err}")
+
+    def _run_tc(self, node: Any, commands: list[list[str]]) -> None:
+        """tc commands in one `tc -batch -` process (the batch read from its stdin), stopping at the
+        first failure, which the error names."""
+        if len(commands) <= 1:
+            for argv in commands:
+                self._run(node, argv)
+            return
+        assert all(argv[0] == "tc" for argv in commands)
+        script = "".join(" ".join(argv[1:]) + "\n" for argv in commands)
+        proc = node.popen(["tc", "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+        try:
+            _, err = proc.communicate(script.encode(), timeout=COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RunError(f"{getattr(node, 'name', node)}: `tc -batch` timed out") from None
+        if proc.returncode != 0:
+            text = err.decode(errors="replace").strip()
+            found = re.search(r"Command failed -:(\d+)", text)
+            failed = (shlex.join(commands[int(found.group(1)) - 1]) if found and int(found.group(1)) <= len(commands)
+                      else f"tc -batch of {len(commands)} commands")
+            raise RunError(f"{getattr(node, 'name', node)}: `{failed}` failed (exit {proc.returncode}): {text}")
 
     def _try(self, node: Any, argv: list[str]) -> str | None:
         """None if argv succeeded, else its error text."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.collect import counters as counters_mod
+from testbed.emulation.nodeexec import readable
 from testbed.emulation.nodeexec import run as node_run
 from testbed.workloads import drivers
 
@@ -79,7 +79,7 @@ def _run_agent(w: Any, ctx: drivers.Context, who: str) -> tuple[bytes, list[str]
             if left <= 0:
                 error = f"the probe did not finish within {w.timeout:g} s"
                 break
-            if not select.select([fd], [], [], left)[0]:
+            if not readable(fd, left):
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:

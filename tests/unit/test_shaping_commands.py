@@ -160,12 +160,15 @@ def test_choose_backend(monkeypatch: pytest.MonkeyPatch, available: bool) -> Non
 
 
 class FakeProc:
-    def __init__(self, out: bytes = b"") -> None:
+    def __init__(self, out: bytes = b"", batch: list[list[str]] | None = None) -> None:
         self.returncode = 0
         self.pid = 4242
         self.out = out
+        self.batch = batch  # a `tc -batch -`: the commands read from stdin go here
 
-    def communicate(self, timeout: float | None = None) -> tuple[bytes, bytes]:
+    def communicate(self, input: bytes | None = None, timeout: float | None = None) -> tuple[bytes, bytes]:
+        if self.batch is not None and input is not None:
+            self.batch += [["tc", *line.split()] for line in input.decode().splitlines()]
         return self.out, b""
 
 
@@ -183,6 +186,8 @@ class FakeNode:
         if argv[0] == "sysctl":
             self.probes += 1
             return FakeProc(b"1\n0\n" if self.forwards else b"0\n0\n")
+        if argv == ["tc", "-batch", "-"]:  # recorded as the commands it is given
+            return FakeProc(batch=self.ran)
         self.ran.append(list(argv))
         return FakeProc()
 
@@ -225,6 +230,17 @@ def test_shaper_fallback_rate_and_loss_without_delay_line(tmp_path: pathlib.Path
     assert a.ran == [["tc", "qdisc", "del", "dev", "a-eth1", "root"]]
     assert b.ran == [shaping.nft_loss_command("loss_0", "b-eth1", 1.0)]
     assert shaper.processes() == []
+
+
+def test_apply_many_numbers_directions_in_order_and_batches_tc(tmp_path: pathlib.Path) -> None:
+    nodes = [(FakeNode(f"a{i}"), FakeNode(f"b{i}")) for i in range(12)]
+    shaper = Shaper("fallback", tmp_path)
+    ds = [LinkDirection(f"l{i}", a, "eth0", b, "eth0", imp(rate="5Mbit", loss="10%")) for i, (a, b) in enumerate(nodes)]
+    descs = shaper.apply_many(ds)
+    assert [d["label"] for d in descs] == [f"l{i}" for i in range(12)]
+    for i, (a, b) in enumerate(nodes):  # chain names follow the order given, whatever thread ran first
+        assert b.ran == [shaping.nft_loss_command(f"loss_{i}", "eth0", 10.0)]
+        assert a.ran == shaping.fallback_rate_commands("eth0", 5e6, 10)
 
 
 # -- the delay line's scheduling -------------------------------------------------------------------------
