@@ -7,6 +7,8 @@ pkgs=(mininet bridge-utils net-tools iproute2 iperf3 mptcpize tcpdump nftables i
 # QEMU guests (testbed/emulation/qemu): the emulator, busybox for their initramfs, zstd to unpack
 # 6.12 kernels, and the Debian archive key for fetching Debian kernels on Ubuntu hosts too.
 pkgs+=(qemu-system-x86 busybox-static zstd debian-archive-keyring)
+# Remote hosts and provisioning (testbed/provision): tests start real sshd servers in namespaces.
+pkgs+=(openssh-server openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
