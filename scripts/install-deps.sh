@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the testbed drives. Idempotent: apt runs only for what is missing.
 set -euo pipefail
-pkgs=(mininet bridge-utils net-tools iproute2 iperf3 mptcpize tcpdump nftables iptables iputils-ping
-      tayga libnetfilter-queue-dev python3-venv python3-dev gcc procps ethtool dante-server
-      chromium)  # chromium: the HTML report is tested in a real browser
-# QEMU guests (testbed/emulation/qemu): the emulator, busybox for their initramfs, zstd to unpack
-# 6.12 kernels, and the Debian archive key for fetching Debian kernels on Ubuntu hosts too.
-pkgs+=(qemu-system-x86 busybox-static zstd debian-archive-keyring)
+# The list lives in packages.txt, which playbooks/testbed-host.yml reads too.
+mapfile -t pkgs < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' "$(dirname "$0")/packages.txt")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

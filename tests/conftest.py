@@ -58,3 +58,24 @@ def no_leaks():
 def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=kwargs.pop("cwd", ROOT), **kwargs)
+
+
+@pytest.fixture
+def ssh_hosts(tmp_path, no_leaks):
+    """A factory: `ssh_hosts(2)` starts two real SSH hosts (see tests/sshhosts.py), stopped after
+    the test. Skips with the missing capability's name when this machine cannot run them."""
+    from tests.sshhosts import SshHosts, missing_capability
+
+    why = missing_capability()
+    if why:
+        pytest.skip(why)
+    started: list[SshHosts] = []
+
+    def start(count: int = 1, **kwargs) -> SshHosts:
+        hosts = SshHosts(count, tmp_path / f"ssh{len(started)}", **kwargs)
+        started.append(hosts)
+        return hosts.__enter__()
+
+    yield start
+    for hosts in started:
+        hosts.stop()
