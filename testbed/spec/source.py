@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from testbed.errors import Problem, SpecError
+from testbed.spec import limits
 
-MAX_FILE_BYTES = 1 << 20
 Loc = tuple[str | int, ...]
 
 
@@ -85,12 +85,83 @@ def dotted(loc: Iterable[str | int]) -> str:
     return out
 
 
-def _yaml():
+def _yaml(lim: limits.Limits):
     from ruamel.yaml import YAML
 
     y = YAML(typ="rt", pure=True)
     y.allow_duplicate_keys = False
+    y.Composer = _bounded_composer()
+    y.testbed_limits = lim  # type: ignore[attr-defined]  # read by the composer
     return y
+
+
+class YamlLimit(Exception):
+    """A YAML document past one of the limits, at the mark where that became clear."""
+
+    def __init__(self, mark: Any, message: str):
+        super().__init__(message)
+        self.mark = mark
+        self.message = message
+
+
+_COMPOSER: Any = None
+
+
+def _bounded_composer() -> Any:
+    """ruamel's composer, counting as it builds the node tree (before anything is constructed from
+    it): nesting depth, and the number of values once every alias is expanded, because everything
+    after it (plain data, validation) expands aliases: nine aliases of nine aliases of ... ("billion
+    laughs") are a few hundred bytes of YAML and billions of values. An alias to a collection that
+    contains it would expand forever."""
+    global _COMPOSER
+    if _COMPOSER is not None:
+        return _COMPOSER
+    from ruamel.yaml.composer import Composer
+    from ruamel.yaml.events import AliasEvent, CollectionStartEvent
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    class BoundedComposer(Composer):  # type: ignore[misc]
+        def compose_document(self) -> Any:
+            self._tb_sizes: dict[int, int] = {}
+            self._tb_open: set[str] = set()
+            self._tb_depth = 0
+            return super().compose_document()
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            lim: limits.Limits = self.loader.testbed_limits
+            event = self.parser.peek_event()
+            if isinstance(event, AliasEvent):
+                if event.anchor in self._tb_open:
+                    raise YamlLimit(event.start_mark, f"alias *{event.anchor} is inside the value it names: "
+                                                      "it would expand forever")
+                return super().compose_node(parent, index)
+            self._tb_depth += 1
+            if self._tb_depth > lim.max_yaml_depth:
+                raise YamlLimit(event.start_mark, limits.hit(
+                    "max_yaml_depth", f"values nested more than {lim.max_yaml_depth} deep"))
+            anchor = event.anchor if isinstance(event, CollectionStartEvent) else None
+            if anchor is not None:
+                self._tb_open.add(anchor)
+            node = super().compose_node(parent, index)
+            if anchor is not None:
+                self._tb_open.discard(anchor)
+            self._tb_depth -= 1
+            sizes = self._tb_sizes
+            if isinstance(node, SequenceNode):
+                n = 1 + sum(sizes.get(id(child), 1) for child in node.value)
+            elif isinstance(node, MappingNode):
+                n = 1 + sum(sizes.get(id(k), 1) + sizes.get(id(v), 1) for k, v in node.value)
+            else:
+                n = 1
+            if n > lim.max_yaml_nodes:
+                raise YamlLimit(node.start_mark, limits.hit(
+                    "max_yaml_nodes", f"more than {lim.max_yaml_nodes} values once aliases are expanded"))
+            if n > 1:
+                sizes[id(node)] = n
+            return node
+
+    _COMPOSER = BoundedComposer
+    return _COMPOSER
 
 
 def _plain(node: Any, loc: Loc, positions: dict[Loc, tuple[int, int]]) -> Any:
@@ -139,8 +210,10 @@ def read_text(path: Path, display: str | None = None) -> str:
         raise SpecError([Problem(shown, None, None, "", f"cannot read: {exc.strerror}")]) from None
     if not path.is_file():
         raise SpecError([Problem(shown, None, None, "", "not a regular file")])
-    if size > MAX_FILE_BYTES:
-        raise SpecError([Problem(shown, None, None, "", f"file is {size} bytes; the limit is {MAX_FILE_BYTES}")])
+    lim = limits.current().max_file_bytes
+    if size > lim:
+        raise SpecError([Problem(shown, None, None, "", limits.hit(
+            "max_file_bytes", f"file is {limits.size(size)}, more than {limits.size(lim)}"))])
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -152,7 +225,10 @@ def parse_yaml(text: str, file: str, line_offset: int = 0) -> Document:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     try:
-        raw = _yaml().load(io.StringIO(text))
+        raw = _yaml(limits.current()).load(io.StringIO(text))
+    except YamlLimit as exc:
+        raise SpecError([Problem(file, exc.mark.line + 1 + line_offset, exc.mark.column + 1, "",
+                                 f"YAML: {exc.message}")]) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 + line_offset if mark else None

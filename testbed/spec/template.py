@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from testbed.errors import Problem, SpecError
-from testbed.spec import units
+from testbed.spec import bounded, limits, units
 from testbed.spec.model import Model
 from testbed.spec.source import Document, parse_yaml, read_text, suggest, validate
 
@@ -151,25 +151,52 @@ class Template:
         return values
 
     def render(self, values: dict[str, Any]) -> str:
+        """The body rendered with `values`, in a child process bounded by the limits (see bounded.py)."""
         import jinja2
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+        lim = limits.current()
         env = ImmutableSandboxedEnvironment(
             loader=jinja2.FileSystemLoader(str(self.path.parent)),
             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
         try:
-            return env.from_string(self.body).render(**values)
-        except jinja2.TemplateSyntaxError as exc:
-            line = (exc.lineno or 0) + self.body_offset if exc.lineno else None
-            raise SpecError([Problem(self.display, line, None, "", f"template syntax: {exc.message}")]) from None
-        except jinja2.TemplateError as exc:
-            line = _template_line(exc)
-            line = line + self.body_offset if line else None
-            raise SpecError([Problem(self.display, line, None, "", f"template: {exc.message or exc}")]) from None
-        except (ArithmeticError, TypeError, ValueError) as exc:
-            line = _template_line(exc)
-            line = line + self.body_offset if line else None
-            raise SpecError([Problem(self.display, line, None, "", f"template: {exc}")]) from None
+            return bounded.run(lambda: _render_here(env, self.body, values, lim), lim)
+        except bounded.RenderFailure as exc:
+            line = exc.line + self.body_offset if exc.line else None
+            raise SpecError([Problem(self.display, line, None, "", exc.message)]) from None
+
+
+def _render_here(env: Any, body: str, values: dict[str, Any], lim: limits.Limits) -> str:
+    """Compile and render (in the child): every way it can fail becomes RenderFailure(line, message)."""
+    import jinja2
+
+    compiled = False
+    try:
+        template = env.from_string(body)
+        compiled = True
+        chunks = template.generate(**values)
+        return bounded.stream(chunks, lim, chunks.throw)
+    except jinja2.TemplateSyntaxError as exc:
+        raise bounded.RenderFailure(exc.lineno or None, f"template syntax: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise bounded.RenderFailure(_template_line(exc), f"template: {exc.message or exc}") from None
+    except (bounded.OutputLimit, bounded.Deadline) as exc:
+        message = str(exc) or limits.hit("max_render_seconds", f"rendering takes longer than "
+                                                               f"{lim.max_render_seconds:g} s")
+        raise bounded.RenderFailure(_template_line(exc), f"template: {message}") from None
+    except MemoryError as exc:
+        raise bounded.RenderFailure(_template_line(exc), "template: " + limits.hit(
+            "max_render_memory", f"rendering needs more than {limits.size(lim.max_render_memory)} of memory")) from None
+    except (RecursionError, SyntaxError) as exc:
+        # Jinja2's parser and Python's compiler recurse per nesting level; at render time, macros do.
+        if compiled and isinstance(exc, RecursionError):
+            what, line = "macros or includes recurse too deep", _template_line(exc)
+        else:
+            depth, line = bounded.deepest_line(env.lex(body))
+            what = f"blocks and brackets nested {depth} deep, too deep to compile"
+        raise bounded.RenderFailure(line, "template: " + limits.hit("max_template_recursion", what)) from None
+    except (ArithmeticError, TypeError, ValueError) as exc:
+        raise bounded.RenderFailure(_template_line(exc), f"template: {exc}") from None
 
 
 def _template_line(exc: BaseException) -> int | None:
