@@ -256,7 +256,7 @@ class Runner:
     def _run_network(self, run_dir: RunDir, state: RunState, backend: str) -> list:
         from testbed.emulation.network import Network
         from testbed.emulation.shaping import LinkDirection, Shaper
-        from testbed.stacks import upstream
+        from testbed.stacks import stack_driver
 
         self._mark("preflight")
         self.network = Network(self.res, state, tag=run_dir.tag, log_dir=run_dir.path("logs/guests/x").parent)
@@ -266,8 +266,8 @@ class Runner:
                                   for n in self.res.l3_nodes()}
         self._mark("network")
         names = list(self.loaded.stacks)
-        applied = parallel([lambda n=n: upstream.configure(self.network.node(n), n, self.loaded.stacks[n], self.res)
-                            for n in names])
+        applied = parallel([lambda n=n: stack_driver(self.network.node(n)).configure(
+            self.network.node(n), n, self.loaded.stacks[n], self.res) for n in names])
         stacks = dict(zip(names, applied, strict=True))
         self.manifest["stacks"] = stacks
         self._mark("stacks")
@@ -516,7 +516,7 @@ class Runner:
         return str(intf.primary)
 
     def _apply_event(self, event: Event) -> Any:
-        from testbed.stacks import upstream
+        from testbed.stacks import stack_driver
 
         if isinstance(event, LinkEvent):
             self.network.set_link(event.link, event.action == "link_up")
@@ -540,11 +540,14 @@ class Runner:
                     out.append(self.shaper.change(d, event.impairment.over(d.impairment)))
             return out
         if isinstance(event, EndpointAddEvent):
-            upstream.add_endpoint(self.network.node(event.node), event.node, event.endpoint, self.res)
+            node = self.network.node(event.node)
+            stack_driver(node).add_endpoint(node, event.node, event.endpoint, self.res)
         elif isinstance(event, EndpointRemoveEvent):
-            upstream.remove_endpoint(self.network.node(event.node), event.node, event.interface, self.res)
+            node = self.network.node(event.node)
+            stack_driver(node).remove_endpoint(node, event.node, event.interface, self.res)
         elif isinstance(event, BackupEvent):
-            upstream.set_backup(self.network.node(event.node), event.node, event.interface, event.backup, self.res)
+            node = self.network.node(event.node)
+            stack_driver(node).set_backup(node, event.node, event.interface, event.backup, self.res)
         return None
 
     def _teardown(self, state: RunState) -> None:

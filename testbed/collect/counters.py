@@ -36,10 +36,18 @@ def snapshot(pid: int) -> dict[str, int]:
             pass
     v0 = Path(f"/proc/{pid}/net/mptcp_net/snmp")  # out-of-tree v0.9x kernels
     if v0.exists():
-        for line in v0.read_text().splitlines():
-            words = line.split()
-            if len(words) == 2 and words[1].isdigit():
-                out[f"MPTCP{words[0]}"] = int(words[1])
+        out.update(parse_v0_snmp(v0.read_text()))
+    return out
+
+
+def parse_v0_snmp(text: str) -> dict[str, int]:
+    """/proc/net/mptcp_net/snmp of a v0.9x kernel: one `NAME<spaces, tab>VALUE` line per counter
+    (mptcp_snmp_seq_show in net/mptcp/mptcp_ctrl.c prints "%-32s\t%ld\n"); names get the prefix MPTCP."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[1].lstrip("-").isdigit():
+            out[f"MPTCP{words[0]}"] = int(words[1])
     return out
 
 

@@ -107,10 +107,24 @@ UPSTREAM: dict[str, Feature] = {
     "laminar": Feature((6, 18), "'laminar' endpoints", "laminar", flag="laminar"),
 }
 
-# What RFC 6824 (v0) stacks do; kept for the record (v0 ↔ v1 cells fall back before features matter).
-# v0.9x retries a SYN without MP_CAPABLE after net.mptcp.mptcp_syn_retries (3) attempts.
-V0 = frozenset({"mptcp", "join", "signal", "backup", "remove_addr", "mp_prio", "fastclose", "checksum",
-                "fullmesh", "syncookies", "syn_fallback"})
+# What MPTCP v0.92 (multipath-tcp.org, RFC 6824 "v0") has, each with where the mptcp_v0.92 tree of
+# multipath-tcp/mptcp shows it (v0 ↔ v1 cells fall back before features matter; v0 ↔ v0 and v0 ↔ tcp
+# cells are judged by this table). testbed.stacks.v092 maps the experiments' settings onto it.
+V092: dict[str, str] = {
+    "mptcp": "MP_CAPABLE v0 handshake, DSS (net/mptcp/mptcp_ctrl.c, mptcp_input.c, mptcp_output.c)",
+    "join": "MP_JOIN subflows by the fullmesh path manager (net/mptcp/mptcp_fullmesh.c)",
+    "signal": "ADD_ADDR of the multipath-on interfaces' addresses (mptcp_fullmesh.c; counter AddAddrTx)",
+    "backup": "backup subflows: `ip link set dev X multipath backup` (IFF_MPBACKUP, include/uapi/linux/if.h)",
+    "remove_addr": "REMOVE_ADDR when an interface goes `multipath off` (mptcp_fullmesh.c; RemAddrTx)",
+    "mp_prio": "MP_PRIO when an interface's backup state changes (mptcp_fullmesh.c address events)",
+    "fastclose": "MP_FASTCLOSE (mptcp_snmp_list: MPFastcloseTX/RX)",
+    "checksum": "DSS checksums, on by default (net.mptcp.mptcp_checksum)",
+    "fullmesh": "the fullmesh path manager (net.mptcp.mptcp_path_manager=fullmesh)",
+    "syncookies": "MP_CAPABLE through SYN cookies (mptcp_ctrl.c mptcp_reqsk_new_cookie)",
+    "syn_fallback": "plain TCP after net.mptcp.mptcp_syn_retries (3) SYNs with MP_CAPABLE (MPCapableRetransFallback)",
+    "scheduler": "packet scheduler by name (net.mptcp.mptcp_scheduler: default, roundrobin, redundant)",
+}
+V0 = frozenset(V092)
 
 # MPTcpExt counters by the release that first had them (scenarios' counter checks imply them).
 # Counters older than every kernel we know of (present in 5.10) are listed at 5.10.

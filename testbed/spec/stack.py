@@ -17,7 +17,10 @@ EndpointFlag = Literal["subflow", "signal", "backup", "fullmesh", "laminar"]
 # net.mptcp.* sysctls known to upstream Linux; unknown names are refused with a suggestion.
 MPTCP_SYSCTLS = ("enabled", "add_addr_timeout", "allow_join_initial_addr_port", "checksum_enabled",
                  "close_timeout", "pm_type", "path_manager", "scheduler", "stale_loss_cnt",
-                 "blackhole_timeout", "syn_retrans_before_tcp_fallback")
+                 "blackhole_timeout", "syn_retrans_before_tcp_fallback",
+                 # MPTCP v0.92's own (testbed.stacks.v092); refused on upstream kernels, which lack them
+                 "mptcp_enabled", "mptcp_checksum", "mptcp_path_manager", "mptcp_scheduler", "mptcp_syn_retries",
+                 "mptcp_version", "mptcp_debug")
 
 
 class Limits(Model):

@@ -19,11 +19,15 @@ class Features:
     schedulers: tuple[str, ...] = ()
     path_managers: tuple[str, ...] = ()
     sysctls: tuple[str, ...] = ()
+    release: str | None = None  # an out-of-tree stack's own release ("v0.92"), from the kernel log
 
     def as_dict(self) -> dict:
-        return {"flavour": self.flavour, "kernel": self.kernel, "version": ".".join(map(str, self.version)),
-                "endpoint_flags": sorted(self.endpoint_flags), "schedulers": list(self.schedulers),
-                "path_managers": list(self.path_managers)}
+        out = {"flavour": self.flavour, "kernel": self.kernel, "version": ".".join(map(str, self.version)),
+               "endpoint_flags": sorted(self.endpoint_flags), "schedulers": list(self.schedulers),
+               "path_managers": list(self.path_managers)}
+        if self.release is not None:
+            out["release"] = self.release
+        return out
 
 
 def _read(path: Path) -> str:
@@ -44,6 +48,13 @@ def iproute2_endpoint_flags() -> frozenset[str]:
     return frozenset(f.strip() for f in m.group(1).split("|")) if m else frozenset()
 
 
+def _dmesg() -> str:
+    try:
+        return subprocess.run(["dmesg"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 @functools.cache
 def detect() -> Features:
     release = os.uname().release
@@ -59,8 +70,11 @@ def detect() -> Features:
                         tuple(_read(base / "available_path_managers").split()),
                         tuple(sorted(p.name for p in base.iterdir())))
     if (base / "mptcp_enabled").exists():
-        return Features("v0.9x", release, version, frozenset(),
-                        tuple(), tuple(), tuple(sorted(p.name for p in base.iterdir())))
+        from testbed.stacks import v092
+
+        return v092.features(v092.probe(lambda p: _read(Path(p)) if Path(p).exists() else None, release,
+                                        _dmesg(), _read(Path(f"/boot/config-{release}")) or None)
+                             or v092.Probe(None, release, {}, False))
     return Features("none", release, version)
 
 
