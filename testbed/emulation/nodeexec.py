@@ -159,7 +159,7 @@ def _code(text: str) -> int:
 def run(node: Any, argv: Sequence[str], check: bool = True) -> tuple[int, str]:
     """Run one command in the node's shell (arguments quoted) and return (exit code, output)."""
     line = shlex.join(argv)
-    if len(line) > LINE_MAX and not hasattr(node, "run_many"):  # a guest's channel is not a terminal
+    if len(line) > LINE_MAX and _is_terminal(node):
         code, text = _run_script(node, f"exec 2>&1\n{line}\n")
     else:
         out = _cmd(node, line + f" 2>&1; echo {_RC}$?")
@@ -175,8 +175,8 @@ def run_many(node: Any, commands: Sequence[Sequence[str]]) -> None:
     process each); stops at and reports the first failure."""
     if not commands:
         return
-    if hasattr(node, "run_many"):  # a QEMU guest: every process costs, so it batches them itself
-        node.run_many(commands)
+    if not _is_terminal(node):  # a QEMU guest: every process costs, so it batches them itself
+        (getattr(node, "run_many", None) or node.run_tools)(commands)
         return
     files: list[Path] = []
     try:
@@ -192,6 +192,13 @@ def run_many(node: Any, commands: Sequence[Sequence[str]]) -> None:
         failed = (_failed_command(commands, steps[int(idx)], head) if head and idx.isdigit() and int(idx) < len(steps)
                   else "?")
         raise RunError(f"{node.name}: `{_short(failed)}` failed ({code}): {(head or text).strip()[-400:]}")
+
+
+def _is_terminal(node: Any) -> bool:
+    """A Mininet node's shell reads a terminal (lines of at most 4096 bytes, files it can open); a
+    QEMU guest (a GuestNode, or a bare Guest) takes commands over its control channel and does not
+    see this process's script directory."""
+    return not (hasattr(node, "run_many") or hasattr(node, "run_tools"))
 
 
 def _short(line: str) -> str:
