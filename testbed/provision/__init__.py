@@ -1,0 +1,1 @@
+"""Provisioning and remote machines: ansible-runner driver, paramiko remote control, inventories."""
