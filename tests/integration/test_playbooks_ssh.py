@@ -4,6 +4,7 @@ sysctl, limits and verify tasks change the host's own namespace, and a second ru
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,5 +54,5 @@ def test_kernel_upstream_applies_in_the_host_namespace_and_is_idempotent(ssh_hos
     limits = subprocess.run(["ip", "-n", host.netns, "mptcp", "limits", "show"], capture_output=True,
                             text=True, check=True).stdout
     assert "subflows 4" in limits and "add_addr_accepted 4" in limits
-    assert (host.root / "sysctl.d" / "90-testbed-mptcp.conf").read_text().count(f"= {wanted}") + \
-        (host.root / "sysctl.d" / "90-testbed-mptcp.conf").read_text().count(f"={wanted}") == 1
+    persisted = (host.root / "sysctl.d" / "90-testbed-mptcp.conf").read_text()  # under the host's /srv
+    assert len(re.findall(rf"^net\.mptcp\.add_addr_timeout\s*=\s*{wanted}$", persisted, re.M)) == 1, persisted
