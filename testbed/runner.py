@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import testbed
+from testbed.archive.provenance import git_sha
 from testbed.archive.store import SCHEMA_VERSION, RunDir
 from testbed.collect import counters as counters_mod
 from testbed.collect import system
@@ -54,17 +54,6 @@ class RunResult:
     manifest: dict
     exit_code: int
     checks: list = field(default_factory=list)
-
-
-def _git_sha() -> str | None:
-    src = Path(testbed.__file__).resolve().parent.parent
-    if not (src / ".git").exists():
-        return None
-    try:
-        r = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return r.stdout.strip() or None
 
 
 def _now() -> str:
@@ -193,7 +182,7 @@ class Runner:
         run_dir = RunDir(self.results, self.exp.name)
         state = RunState(f"{run_dir.name}")
         self.manifest = {
-            "schema_version": SCHEMA_VERSION, "testbed_version": testbed.__version__, "git_sha": _git_sha(),
+            "schema_version": SCHEMA_VERSION, "testbed_version": testbed.__version__, "git_sha": git_sha(),
             "name": self.exp.name, "run_id": run_dir.name,
             "host": {**system.host_info(), "mptcp": features.as_dict(), "shaping_backend": backend},
             "started": _now(), "finished": None, "seed": self.seed,

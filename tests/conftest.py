@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,13 +16,42 @@ ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
 requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: network namespaces and veth pairs")
 OUR_LINK = re.compile(r"^tb[0-9a-f]{6}")
+# Every process this test session starts inherits the marker; a live run of another checkout or
+# session on the same machine (a demo, a second `make test`) does not carry it and is not ours.
+SESSION = os.environ.setdefault("TESTBED_TEST_SESSION", uuid.uuid4().hex)
 OUR_PROCS = ("tcpdump", "delayline.py", "agent.py", "mangler.py", "convertd.py", "danted", "tayga", "qemu-system", "mnexec",
              "iperf3", "ping")
 
 
 def links() -> set[str]:
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    return {line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line}
+    names = {line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line}
+    return {name for name in names - others_links() if not others_ssh_host(name)}
+
+
+def others_ssh_host(name: str) -> bool:
+    """A test SSH host's link or namespace (tests/sshhosts.py) that another test session started."""
+    from tests.sshhosts import OUR_TAGS
+
+    m = re.match(r"^(?:tss([0-9a-f]{6})\d+|tbssh-([0-9a-f]{6})-h\d+)$", name)
+    return m is not None and (m.group(1) or m.group(2)) not in OUR_TAGS
+
+
+def others_links() -> set[str]:
+    """Root-namespace links that a live run of another session has written down in its state file:
+    those come and go while a test runs and are not the test's leak."""
+    from testbed.state import STATE_DIR
+
+    found: set[str] = set()
+    for path in STATE_DIR.glob("*.json"):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        owner = str(state.get("owner_pid"))
+        if Path(f"/proc/{owner}").exists() and not started_by_us(owner):
+            found.update(state.get("links") or [])
+    return found
 
 
 def our_processes() -> set[str]:
@@ -32,14 +63,22 @@ def our_processes() -> set[str]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(p in cmdline for p in OUR_PROCS) and "pytest" not in cmdline:
+        if any(p in cmdline for p in OUR_PROCS) and "pytest" not in cmdline and started_by_us(entry):
             found.add(f"{entry}:{cmdline.strip()[:80]}")
     return found
 
 
+def started_by_us(pid: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+    return f"TESTBED_TEST_SESSION={SESSION}".encode() in environ
+
+
 def namespaces() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
+    return {line.split()[0] for line in out.splitlines() if line.strip() and not others_ssh_host(line.split()[0])}
 
 
 @pytest.fixture

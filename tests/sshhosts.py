@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import random
 import shutil
 import signal
@@ -31,8 +32,10 @@ SFTP_SERVER = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sf
                                 "/usr/lib/ssh/sftp-server") if os.path.exists(p)), "internal-sftp")
 POOL = ipaddress.ip_network("10.241.0.0/16")
 # Mounting happens inside the host's own mount namespace; the arguments are passed as $1.. so
-# nothing is interpolated into the script.
-_START = 'mount --bind "$1" "$2" && exec "$3" -D -f "$4" -E "$5"'
+# nothing is interpolated into the script. The login user's home is a fresh per-host directory as
+# on a new machine: this machine's dotfiles (a shell rc that runs a version manager, say) would
+# otherwise run at every ssh command of every host at once.
+_START = 'mount --bind "$1" "$2" && { [ -z "$6" ] || mount --bind "$6" "$7"; } && exec "$3" -D -f "$4" -E "$5"'
 
 
 def missing_capability() -> str | None:
@@ -124,6 +127,9 @@ class SshHost:
         }
 
 
+OUR_TAGS: set[str] = set()  # the tags this process gave its hosts (names: tss<tag><i>, tbssh-<tag>-h<i>)
+
+
 class SshHosts:
     """Starts `count` hosts under `workdir`; stops them and removes their namespaces on exit."""
 
@@ -135,6 +141,7 @@ class SshHosts:
         self.port = port
         self.start_timeout = start_timeout
         self.tag = os.urandom(3).hex()
+        OUR_TAGS.add(self.tag)
         self.hosts: list[SshHost] = []
 
     def __enter__(self) -> SshHosts:
@@ -201,9 +208,13 @@ class SshHosts:
             f"Subsystem sftp {SFTP_SERVER}", "",
         ]))
         _run(SSHD, "-t", "-f", str(config))
+        user_home = pwd.getpwuid(os.geteuid()).pw_dir
+        (hdir / "home").mkdir(mode=0o700, exist_ok=True)
+        # Hiding the home would hide the host's own files when they live under it.
+        fresh_home = ["", ""] if Path(user_home) in hdir.resolve().parents else [str(hdir / "home"), user_home]
         host.process = subprocess.Popen(
             ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--propagation", "private",
-             "sh", "-c", _START, "sh", str(root), self.mountpoint, SSHD, str(config), str(host.log)],
+             "sh", "-c", _START, "sh", str(root), self.mountpoint, SSHD, str(config), str(host.log), *fresh_home],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True)
 

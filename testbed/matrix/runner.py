@@ -520,8 +520,8 @@ class MatrixRunner:
 
     def _manifest_head(self, run_dir: RunDir) -> dict[str, Any]:
         import testbed
+        from testbed.archive.provenance import git_sha
         from testbed.collect import system
-        from testbed.runner import _git_sha
         from testbed.stacks.features import detect
 
         try:
@@ -530,7 +530,7 @@ class MatrixRunner:
             backend: str | None = choose_backend(None)
         except Exception:  # noqa: BLE001 - metadata only
             backend = None
-        return {"schema_version": SCHEMA_VERSION, "testbed_version": testbed.__version__, "git_sha": _git_sha(),
+        return {"schema_version": SCHEMA_VERSION, "testbed_version": testbed.__version__, "git_sha": git_sha(),
                 "kind": "matrix", "name": f"matrix-{self.suite.name}", "run_id": run_dir.name,
                 "suite": self.suite.name,
                 "host": {**system.host_info(), "mptcp": detect().as_dict(), "shaping_backend": backend},

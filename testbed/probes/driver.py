@@ -18,7 +18,8 @@ from typing import Any
 from testbed.collect import counters as counters_mod
 from testbed.emulation.nodeexec import readable
 from testbed.emulation.nodeexec import run as node_run
-from testbed.workloads import drivers
+from testbed.workloads import process
+from testbed.workloads.context import Context
 
 AGENT = Path(__file__).with_name("probe_agent.py")
 COUNTER_PREFIXES = ("MPTcpExt", "TcpExt", "Tcp")
@@ -34,17 +35,17 @@ def speaks(node: Any) -> str:
     return "tcp"
 
 
-def run(w: Any, ctx: drivers.Context) -> dict[str, Any]:
+def run(w: Any, ctx: Context) -> dict[str, Any]:
     """Run probe `w.probe` from ctx.client against ctx.server; the workload's result."""
     who = w.speaks if w.speaks != "auto" else speaks(ctx.server)
-    listener = drivers._start(ctx.server, [sys.executable, "-S", str(AGENT), "listen", "--port", str(w.port)],
-                              ctx, "probe-listener", b"ready")
+    listener = process.start(ctx.server, [sys.executable, "-S", str(AGENT), "listen", "--port", str(w.port)],
+                             ctx, "probe-listener", b"ready")
     try:
         out, snapshots, error = _run_agent(w, ctx, who)
     finally:
-        listened = drivers._json_tail(drivers._stop(listener))
+        listened = process.json_tail(process.stop(listener))
     (ctx.log_dir / "probe.stdout").write_bytes(out)
-    result = drivers._json_tail(out)
+    result = process.json_tail(out)
     if result is None:
         return {"ok": False, "probe": w.probe, "speaks": who, "error": error or "the probe gave no result",
                 "listener": listened}
@@ -61,13 +62,12 @@ def run(w: Any, ctx: drivers.Context) -> dict[str, Any]:
     return result
 
 
-def _run_agent(w: Any, ctx: drivers.Context, who: str) -> tuple[bytes, list[str], str | None]:
+def _run_agent(w: Any, ctx: Context, who: str) -> tuple[bytes, list[str], str | None]:
     argv = [sys.executable, str(AGENT), "run", w.probe, "--target", ctx.target, "--port", str(w.port),
             "--speaks", who, "--counters"]
     with open(ctx.log_dir / "probe.stderr", "wb") as log:
         proc = ctx.client.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-    with drivers._STATE_LOCK:
-        ctx.state.add_process(proc.pid, f"probe {w.probe}")
+    process.track(ctx, proc, f"probe {w.probe}")
     assert proc.stdout is not None and proc.stdin is not None
     fd = proc.stdout.fileno()
     out, buffer, labels = b"", b"", []
@@ -100,5 +100,5 @@ def _run_agent(w: Any, ctx: drivers.Context, who: str) -> tuple[bytes, list[str]
         with contextlib.suppress(OSError):
             proc.stdin.close()
         proc.stdin = None  # communicate() must not flush it
-        out += drivers._stop(proc, timeout=5.0) if proc.poll() is None else (proc.stdout.read() or b"")
+        out += process.stop(proc, timeout=5.0) if proc.poll() is None else (proc.stdout.read() or b"")
     return out, labels, error

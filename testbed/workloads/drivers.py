@@ -5,197 +5,25 @@ node's namespace, opening MPTCP sockets natively; iperf3 runs under `mptcpize` f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from testbed.emulation.nodeexec import wait_for_output
 from testbed.spec.experiment import Bulk, Iperf3, Ping, Probe, RequestResponse, Workload
+from testbed.workloads.context import Context, Via, add_path_info, route_hops
+from testbed.workloads.process import finish, json_tail, servers_result, start, start_servers, stop
+
+__all__ = ["Context", "Via", "add_path_info", "aborted_bulk", "percentiles", "route_hops", "run", "setup_metrics"]
 
 AGENT = Path(__file__).with_name("agent.py")
-_STATE_LOCK = threading.Lock()
-
-
-@dataclass
-class Context:
-    client: Any
-    server: Any
-    target: str
-    log_dir: Path
-    state: Any
-    seed: int
-    servers: dict[str, Any] = field(default_factory=dict)  # name → node: the server side runs on each
-    via: Via | None = None  # the converter or SOCKS proxy the client goes through
-    path_rtt: float | None = None  # seconds: the configured delays of the path, both ways (see path_info)
-    # Called once the workload is under way: a bulk client's connection is established (or it gave up).
-    on_started: Callable[[], None] = lambda: None
-
-
-@dataclass(frozen=True)
-class Via:
-    node: str
-    kind: str  # "converter" (RFC 8803) | "socks5"
-    address: str  # the via node's address nearest the client
-    port: int
-
-    def argv(self) -> list[str]:
-        return ["--via", f"{self.kind}:{self.address}:{self.port}"]
-
-
-def add_path_info(ctx: Context, res: Any, w: Workload) -> None:
-    """Fill `ctx.via` (the `via` node's address the client reaches in the fewest hops, and its port)
-    and `ctx.path_rtt` for bulk and rr workloads.
-
-    The path RTT is what the topology configures, not a measurement: the impairment delays of every
-    link the static routes take from the client to the target (through the via node when there is
-    one), in both directions; jitter, queueing and processing are left out. A `ping` workload over
-    the same path measures it. None when a leg has no route."""
-    if not isinstance(w, Bulk | RequestResponse):
-        return
-    legs: list[list[tuple[int, bool]] | None]
-    if w.via:
-        spec = res.topology.nodes[w.via]
-        candidates = []
-        for intf in res.interfaces.get(w.via, []):
-            if intf.address is not None:
-                hops = route_hops(res, w.client, intf.address.ip)
-                if hops is not None:
-                    candidates.append((len(hops), str(intf.address.ip), hops))
-        if not candidates:
-            return
-        _, address, to_via = min(candidates, key=lambda c: c[0])
-        ctx.via = Via(w.via, "converter" if spec.kind == "converter" else "socks5", address, spec.port)
-        legs = [to_via, route_hops(res, w.via, ctx.target)]
-    else:
-        legs = [route_hops(res, w.client, ctx.target)]
-    if all(leg is not None for leg in legs):
-        ctx.path_rtt = round(sum(_delay(res, li, fwd) + _delay(res, li, not fwd)
-                                 for leg in legs if leg for li, fwd in leg), 6)
-
-
-def _delay(res: Any, link: int, forward: bool) -> float:
-    imp = res.link_impairment(link, forward)
-    return float(imp.delay or 0) if imp is not None else 0.0
-
-
-def route_hops(res: Any, src: str, dst: Any) -> list[tuple[int, bool]] | None:
-    """(link index, forward) of every link a packet from node `src` to address `dst` crosses, following
-    the main routing tables; up to the destination's segment when no node has the address, None when
-    a node on the way has no route."""
-    from ipaddress import ip_address
-
-    dst = ip_address(str(dst))
-    family = "ipv4" if dst.version == 4 else "ipv6"
-    node, hops = src, []
-    for _ in range(64):
-        own = [i for i in res.interfaces.get(node, []) if i.addr(family) is not None]
-        if any(i.addr(family).ip == dst for i in own):
-            return hops
-        out = next((i for i in own if dst in i.addr(family).network), None)
-        nexthop = dst
-        if out is None:
-            routes = [r for r in res.routes.get(node, []) if r.table is None
-                      and r.destination.version == dst.version and dst in r.destination]
-            if not routes:
-                return None
-            best = max(routes, key=lambda r: r.destination.prefixlen)
-            out, nexthop = res.interface(node, best.interface), best.via or dst
-        hops.append((out.link, out.forward))
-        members = res.segments[out.segment].members
-        owner = next((res.interface(n, name) for n, name in members if (n, name) != (node, out.name)
-                      and res.interface(n, name).addr(family) is not None
-                      and res.interface(n, name).addr(family).ip == nexthop), None)
-        if owner is None:
-            return hops
-        if owner.link != out.link:  # through a switch: the switch's link to the next node, towards it
-            hops.append((owner.link, not owner.forward))
-        node = owner.node
-    return None
-
-
-def _start_servers(argv: list[str], ctx: Context, what: str) -> dict[str, subprocess.Popen]:
-    """The server side on each of `ctx.servers` (logs named what-<node>); stopped again on failure."""
-    procs: dict[str, subprocess.Popen] = {}
-    try:
-        for name, node in ctx.servers.items():
-            procs[name] = _start(node, argv, ctx, f"{what}-{name}", b"ready")
-    except RuntimeError:
-        for proc in procs.values():
-            _stop(proc)
-        raise
-    return procs
-
-
-def _servers_result(procs: dict[str, subprocess.Popen], wait: float, served: Any) -> dict:
-    """Results of several servers. Those that end by themselves within `wait` seconds (a bulk server
-    ends with its one transfer) are waited for; the others are idle, waiting for a connection the
-    balancer never sent them, and are stopped (their 'terminated' is not an error of the workload)."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and all(p.poll() is None for p in procs.values()):
-        time.sleep(0.02)
-    outs = {name: _json_tail(_stop(p, timeout=2.0)) for name, p in procs.items()}
-    by = [name for name, out in outs.items() if out is not None and served(out)]
-    return {"served_by": by, "server": outs[by[0]] if by else None, "servers": outs}
 
 
 def _python(*args: str) -> list[str]:
     return [sys.executable, "-S", str(AGENT), *args]
-
-
-def _start(node: Any, argv: list[str], ctx: Context, what: str, wait_for: bytes | None,
-           timeout: float = 10.0) -> subprocess.Popen:
-    with open(ctx.log_dir / f"{what}.stderr", "wb") as log:  # the child keeps its own descriptor
-        proc = node.popen(argv, stdout=subprocess.PIPE, stderr=log)
-    if getattr(proc, "guest_pid", None) is None:  # a QEMU guest's process: .pid is qemu's; the guest goes whole
-        with _STATE_LOCK:  # concurrent workloads: RunState.save() is not thread-safe
-            ctx.state.add_process(proc.pid, what)
-    if wait_for is None:
-        return proc
-    found, seen = wait_for_output(proc.stdout, wait_for, timeout)
-    if not found:
-        _stop(proc)
-        raise RuntimeError(f"{what} did not become ready: {seen.decode(errors='replace')[-300:].strip()}")
-    return proc
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0) -> bytes:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out or b""
-
-
-def _finish(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bool]:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return out or b"", False
-    except subprocess.TimeoutExpired:
-        return _stop(proc, signal.SIGKILL), True
-
-
-def _json_tail(out: bytes) -> dict | None:
-    for line in reversed(out.decode(errors="replace").strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None
 
 
 def run(w: Workload, ctx: Context) -> dict:
@@ -247,29 +75,29 @@ def _bulk(w: Bulk, ctx: Context) -> dict:
         common += ["--abort-after", str(w.abort.after), "--abort-side", w.abort.side, "--abort-how", w.abort.how]
     server_argv = _python("bulk-server", "--bind", "::", *common)
     if ctx.servers:
-        servers = _start_servers(server_argv, ctx, "bulk-server")
+        servers = start_servers(server_argv, ctx, "bulk-server")
     else:
-        server = _start(ctx.server, server_argv, ctx, "bulk-server", b"ready")
-    client = _start(ctx.client, _python("bulk-client", "--connect", ctx.target, *common,
+        server = start(ctx.server, server_argv, ctx, "bulk-server", b"ready")
+    client = start(ctx.client, _python("bulk-client", "--connect", ctx.target, *common,
                                         *(ctx.via.argv() if ctx.via else [])), ctx, "bulk-client", None)
     # A client's start-up (seconds in an emulated guest) is not part of the transfer: events and
     # path windows count from its connection.
     _, early = wait_for_output(client.stdout, b"connected\n", w.timeout + 5)
     ctx.on_started()
-    cout, timed_out = _finish(client, w.timeout + 5)
+    cout, timed_out = finish(client, w.timeout + 5)
     cout = early + cout
     if ctx.servers:
-        multi = _servers_result(servers, 5, lambda out: out.get("peer") is not None)
+        multi = servers_result(servers, 5, lambda out: out.get("peer") is not None)
         s = multi["server"]
     else:
         multi = {}
-        s = _json_tail(_finish(server, 5)[0])
-    c = _json_tail(cout)
+        s = json_tail(finish(server, 5)[0])
+    c = json_tail(cout)
     if timed_out or c is None:
         return {"ok": False, "error": "timed out" if timed_out else "client gave no result",
                 "client": c, "server": s, **multi}
     if w.abort is not None:
-        return _aborted_bulk(w, c, s)
+        return aborted_bulk(w, c, s)
     intact = bool(c.get("intact"))
     return {"ok": intact and not c.get("errors"), "intact": intact, "bytes": c.get("bytes"),
             "seconds": c.get("seconds"), "goodput_bps": c.get("goodput_bps"),
@@ -277,7 +105,7 @@ def _bulk(w: Bulk, ctx: Context) -> dict:
             "error": "; ".join(c.get("errors") or []) or (None if intact else "digest mismatch")}
 
 
-def _aborted_bulk(w: Bulk, c: dict, s: dict | None) -> dict:
+def aborted_bulk(w: Bulk, c: dict, s: dict | None) -> dict:
     """A bulk transfer one side aborts on purpose: it completes when that side closed abruptly, the
     other saw the connection reset (ECONNRESET/EPIPE) and the payload that arrived before is the
     start of the stream. `intact` is the receiving side's check of that prefix; `bytes` what it got."""
@@ -311,9 +139,9 @@ def _rr(w: RequestResponse, ctx: Context) -> dict:
     server_argv = _python("rr-server", "--bind", "::", "--port", str(w.port), "--protocol", w.protocol,
                           "--response-size", str(w.response_size), "--timeout", str(w.timeout + 5))
     if ctx.servers:
-        servers = _start_servers(server_argv, ctx, "rr-server")
+        servers = start_servers(server_argv, ctx, "rr-server")
     else:
-        server = _start(ctx.server, server_argv, ctx, "rr-server", b"ready")
+        server = start(ctx.server, server_argv, ctx, "rr-server", b"ready")
     argv = _python("rr-client", "--connect", ctx.target, "--port", str(w.port), "--protocol", w.protocol,
                    "--requests", str(w.requests), "--request-size", str(w.request_size),
                    "--response-size", str(w.response_size), "--interval", str(w.interval),
@@ -322,15 +150,15 @@ def _rr(w: RequestResponse, ctx: Context) -> dict:
         argv.append("--new-connection-per-request")
     if ctx.via:
         argv += ctx.via.argv()
-    client = _start(ctx.client, argv, ctx, "rr-client", None)
-    cout, timed_out = _finish(client, w.timeout + 5)
+    client = start(ctx.client, argv, ctx, "rr-client", None)
+    cout, timed_out = finish(client, w.timeout + 5)
     if ctx.servers:  # rr servers serve until stopped: every one is stopped at once
-        multi = _servers_result(servers, 0, lambda out: bool(out.get("connections")))
+        multi = servers_result(servers, 0, lambda out: bool(out.get("connections")))
         s = multi["server"]
     else:
         multi = {}
-        s = _json_tail(_stop(server))
-    c = _json_tail(cout)
+        s = json_tail(stop(server))
+    c = json_tail(cout)
     if timed_out or c is None:
         return {"ok": False, "error": "timed out" if timed_out else "client gave no result", "client": c,
                 "server": s, **multi}
@@ -342,15 +170,15 @@ def _rr(w: RequestResponse, ctx: Context) -> dict:
 
 def _iperf3(w: Iperf3, ctx: Context) -> dict:
     wrap = ["mptcpize", "run"] if w.protocol == "mptcp" else []
-    server = _start(ctx.server, [*wrap, "iperf3", "-s", "-1", "-p", str(w.port), "--forceflush"], ctx,
+    server = start(ctx.server, [*wrap, "iperf3", "-s", "-1", "-p", str(w.port), "--forceflush"], ctx,
                     "iperf3-server", b"listening")
     argv = [*wrap, "iperf3", "-c", ctx.target, "-p", str(w.port), "-t", f"{w.duration:g}", "-J",
             "-P", str(w.streams)]
     if w.reverse:
         argv.append("-R")
-    client = _start(ctx.client, argv, ctx, "iperf3-client", None)
-    cout, timed_out = _finish(client, w.duration + w.timeout)
-    _stop(server)
+    client = start(ctx.client, argv, ctx, "iperf3-client", None)
+    cout, timed_out = finish(client, w.duration + w.timeout)
+    stop(server)
     (ctx.log_dir / "iperf3-client.json").write_bytes(cout)
     try:
         report = json.loads(cout)
@@ -371,8 +199,8 @@ _RTT = re.compile(rb"time=([0-9.]+) ms")
 def _ping(w: Ping, ctx: Context) -> dict:
     # -U: user-to-user time; the kernel's receive timestamp predates a delay applied on ingress.
     argv = ["ping", "-n", "-U", "-c", str(w.count), "-i", f"{w.interval:g}", "-W", "2", ctx.target]
-    proc = _start(ctx.client, argv, ctx, "ping", None)
-    out, timed_out = _finish(proc, w.count * max(w.interval, 0.01) + w.timeout)
+    proc = start(ctx.client, argv, ctx, "ping", None)
+    out, timed_out = finish(proc, w.count * max(w.interval, 0.01) + w.timeout)
     (ctx.log_dir / "ping.stdout").write_bytes(out)
     rtts = sorted(float(m) / 1000 for m in _RTT.findall(out))
     received = len(rtts)

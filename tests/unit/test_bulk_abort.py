@@ -23,7 +23,7 @@ from testbed.matrix.features import tcp_features, upstream_for_version
 from testbed.spec.experiment import Bulk
 from testbed.spec.load import load_experiment
 from testbed.spec.matrix import load_suite
-from testbed.workloads.drivers import _aborted_bulk
+from testbed.workloads.drivers import aborted_bulk
 from tests.conftest import ROOT
 from tests.unit.test_agent import AGENT, PY, _load
 
@@ -257,14 +257,14 @@ def _sides(peer_reset: bool = True, intact: bool = True) -> tuple[dict, dict]:
 
 def test_driver_counts_a_purposeful_abort_as_complete_only_with_the_peer_reset():
     w = bulk(size="20MB", direction="download", abort={"after": "2MB"})
-    r = _aborted_bulk(w, *_sides())
+    r = aborted_bulk(w, *_sides())
     assert r["ok"] is True and r["error"] is None and r["intact"] is True and r["bytes"] == 2_000_000
     assert r["abort"]["how"] == "unread" and r["abort"]["peer_reset"] is True and r["aborted"] is True
-    r = _aborted_bulk(w, *_sides(peer_reset=False))
+    r = aborted_bulk(w, *_sides(peer_reset=False))
     assert r["ok"] is False and "the server saw no reset" in r["error"] and "EOF" in r["error"]
-    r = _aborted_bulk(w, *_sides(intact=False))
+    r = aborted_bulk(w, *_sides(intact=False))
     assert r["ok"] is False and r["intact"] is False
-    r = _aborted_bulk(w, _sides()[0], None)
+    r = aborted_bulk(w, _sides()[0], None)
     assert r["ok"] is False and "the server gave no result" in r["error"]
 
 

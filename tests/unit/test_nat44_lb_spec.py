@@ -20,7 +20,7 @@ from testbed.errors import SpecError
 from testbed.spec.experiment import Experiment
 from testbed.spec.load import load_experiment, load_topology
 from testbed.verdict import Measurements, judge, metric, peers_seen
-from testbed.workloads.drivers import _servers_result
+from testbed.workloads.process import servers_result
 from tests.conftest import ROOT
 
 LB_TOPOLOGY = """
@@ -285,7 +285,7 @@ def test_idle_servers_are_stopped_without_failing_the_one_that_served():
     procs = {name: subprocess.Popen([sys.executable, "-c", AGENT_LIKE, role], stdout=subprocess.PIPE)
              for name, role in (("s0", "idle"), ("s1", "serves"), ("s2", "idle"))}
     started = time.monotonic()
-    result = _servers_result(procs, 5, lambda out: out.get("peer") is not None)
+    result = servers_result(procs, 5, lambda out: out.get("peer") is not None)
     assert time.monotonic() - started < 3  # the idle ones are not waited for
     assert result["served_by"] == ["s1"] and result["server"]["peer"]["port"] == 40000
     assert result["servers"]["s0"]["errors"] == ["terminated by SIGTERM"]

@@ -1,0 +1,96 @@
+"""The processes a workload starts in its nodes: started and registered in the run's state (so
+`testbed clean` finds them after a crash), waited for, stopped, and their JSON result line read.
+Both the workload drivers and the probe driver build on these."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+from testbed.emulation.nodeexec import wait_for_output
+from testbed.workloads.context import Context
+
+STATE_LOCK = threading.Lock()  # concurrent workloads: RunState.save() is not thread-safe
+
+
+def track(ctx: Context, proc: subprocess.Popen, what: str) -> None:
+    """Registers a started process in the run's state. A QEMU guest's process has no host pid of its
+    own (.pid is qemu's): the guest is stopped whole, so it is not registered."""
+    if getattr(proc, "guest_pid", None) is None:
+        with STATE_LOCK:
+            ctx.state.add_process(proc.pid, what)
+
+
+def start(node: Any, argv: list[str], ctx: Context, what: str, wait_for: bytes | None,
+           timeout: float = 10.0) -> subprocess.Popen:
+    with open(ctx.log_dir / f"{what}.stderr", "wb") as log:  # the child keeps its own descriptor
+        proc = node.popen(argv, stdout=subprocess.PIPE, stderr=log)
+    track(ctx, proc, what)
+    if wait_for is None:
+        return proc
+    found, seen = wait_for_output(proc.stdout, wait_for, timeout)
+    if not found:
+        stop(proc)
+        raise RuntimeError(f"{what} did not become ready: {seen.decode(errors='replace')[-300:].strip()}")
+    return proc
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0) -> bytes:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or b""
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bool]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return out or b"", False
+    except subprocess.TimeoutExpired:
+        return stop(proc, signal.SIGKILL), True
+
+
+def json_tail(out: bytes) -> dict | None:
+    for line in reversed(out.decode(errors="replace").strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def start_servers(argv: list[str], ctx: Context, what: str) -> dict[str, subprocess.Popen]:
+    """The server side on each of `ctx.servers` (logs named what-<node>); stopped again on failure."""
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for name, node in ctx.servers.items():
+            procs[name] = start(node, argv, ctx, f"{what}-{name}", b"ready")
+    except RuntimeError:
+        for proc in procs.values():
+            stop(proc)
+        raise
+    return procs
+
+
+def servers_result(procs: dict[str, subprocess.Popen], wait: float, served: Any) -> dict:
+    """Results of several servers. Those that end by themselves within `wait` seconds (a bulk server
+    ends with its one transfer) are waited for; the others are idle, waiting for a connection the
+    balancer never sent them, and are stopped (their 'terminated' is not an error of the workload)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs.values()):
+        time.sleep(0.02)
+    outs = {name: json_tail(stop(p, timeout=2.0)) for name, p in procs.items()}
+    by = [name for name, out in outs.items() if out is not None and served(out)]
+    return {"served_by": by, "server": outs[by[0]] if by else None, "servers": outs}
