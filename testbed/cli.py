@@ -302,8 +302,10 @@ def _findings(matrix: dict[str, Any], run_dir: Path, width: int = 160) -> None:
         line = f"  {c['verdict']:<10} {c['scenario']} {c['client']} -> {c['server']}: {evidence}"
         room = width - len(where)
         print((line if len(line) <= room else line[:room - 1] + "…") + where)
+    from testbed.matrix.results import not_reproduced_line
+
     for n in (matrix.get("known_deviations") or {}).get("not_reproduced", []):
-        print(f"  fixed upstream? {n['id']} ({n['where']}): not reproduced in {n['cell']}")
+        print(f"  {not_reproduced_line(n)}")
     print(f"report: {run_dir / 'report.html'}", flush=True)
 
 
@@ -312,8 +314,10 @@ def _matrix(args: argparse.Namespace) -> int:
     matrix = result["matrix"]
     summary = matrix["summary"]
     regressions = matrix["history"]["regressions"]
+    from testbed.matrix.results import not_reproduced_line
+
     for n in (matrix.get("known_deviations") or {}).get("not_reproduced", []):
-        print(f"fixed upstream? {n['id']} ({n['where']}): not reproduced in {n['cell']}")
+        print(not_reproduced_line(n))
     print(f"archive: {result['run_dir']}")
     print(f"report: {result['run_dir'] / 'report.html'}", flush=True)
     if matrix["status"] == "interrupted":

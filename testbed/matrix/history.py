@@ -77,6 +77,16 @@ def previous_cells(path: Path, suite: str) -> dict[str, dict[str, Any]] | None:
     return None
 
 
+def verdicts(path: Path, suite: str, last: int = 10) -> dict[str, list[str]]:
+    """Per cell, its verdicts in the last `last` complete runs of `suite`, newest first."""
+    series: dict[str, list[str]] = {}
+    for run in runs(path, suite, last):
+        if run["status"] == "complete":
+            for key, c in cells(path, run["run_id"]).items():
+                series.setdefault(key, []).append(c["verdict"])
+    return series
+
+
 def report(path: Path, suite: str | None = None, last: int = 10) -> list[dict[str, Any]]:
     """Per suite: the latest run, and per cell of it the change since the previous complete run and
     the flake rate (share of runs, of the last `last`, in which the cell was flaky)."""

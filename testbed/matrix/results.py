@@ -53,7 +53,26 @@ def _measured(manifest: dict | None) -> dict[str, Any]:
             "workloads": workloads, "timing": manifest.get("timing"), "error": manifest.get("error")}
 
 
-def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]:
+def not_reproduced(deviations: Any, dev_id: str, cell: str, recent: list[str]) -> dict[str, Any]:
+    """A listed deviation a cell did not show. For an intermittent one that the cell did show in
+    one of its recent runs, not showing now is no sign of a fix: `fixed` is False, with the count."""
+    entry = next(d for d in deviations.deviations if d.id == dev_id)
+    shown = recent.count("known")
+    fixed = not (entry.intermittent and shown)
+    return {"id": dev_id, "cell": cell, "where": deviations.where(dev_id), "intermittent": entry.intermittent,
+            "fixed": fixed, "recent": f"known in {shown} of the last {len(recent)} runs"}
+
+
+def not_reproduced_line(n: dict[str, Any]) -> str:
+    if n.get("fixed", True):
+        return f"fixed upstream? {n['id']} ({n['where']}): not reproduced in {n['cell']}"
+    return f"intermittent {n['id']} ({n['where']}): not shown in {n['cell']} this time, {n['recent']}"
+
+
+def matrix_json(runner: Any, previous: dict[str, dict] | None,
+                recent: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """The matrix's JSON document. `recent`: each cell's verdicts in the suite's last complete runs,
+    newest first (history.verdicts), which tell an intermittent deviation's miss from a fix."""
     from testbed.matrix import probes as probe_cells
     from testbed.spec.matrix import PROBE_SCENARIO
 
@@ -110,7 +129,7 @@ def matrix_json(runner: Any, previous: dict[str, dict] | None) -> dict[str, Any]
     if deviations is not None:
         known = {"file": str(deviations.path), "listed": len(deviations.deviations),
                  "reproduced": sorted({c.final.deviation for c in runner.cells if c.final and c.final.deviation}),
-                 "not_reproduced": [{"id": d, "cell": c.key, "where": deviations.where(d)}
+                 "not_reproduced": [not_reproduced(deviations, d, c.key, (recent or {}).get(c.key, []))
                                     for c in runner.cells for d in c.not_reproduced]}
     return {
         "schema": MATRIX_SCHEMA, "schema_version": MATRIX_SCHEMA_VERSION,
@@ -179,7 +198,8 @@ def report_md(matrix: dict[str, Any]) -> str:
     kd = matrix.get("known_deviations") or {}
     if kd.get("not_reproduced"):
         lines += ["", "## Listed deviations not reproduced (fixed upstream?)", ""]
-        lines += [f"- `{n['id']}` ({n['where']}): {n['cell']} was as expected" for n in kd["not_reproduced"]]
+        lines += [f"- `{n['id']}` ({n['where']}): {n['cell']} was as expected"
+                  + ("" if n.get("fixed", True) else f" (intermittent: {n['recent']})") for n in kd["not_reproduced"]]
     h = matrix.get("history") or {}
     if h.get("previous_run"):
         lines += ["", f"## Since the previous run ({h['previous_run']})", "",

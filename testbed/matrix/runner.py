@@ -491,7 +491,7 @@ class MatrixRunner:
             self.manifest["status"] = "interrupted" if self.stopping is not None else "complete"
             db = history.db_path(self.results)
             previous = history.previous_cells(db, self.suite.name)
-            matrix = results.matrix_json(self, previous)
+            matrix = results.matrix_json(self, previous, history.verdicts(db, self.suite.name))
             run_dir.write_json("matrix.json", matrix)
             run_dir.write_text("report.md", results.report_md(matrix))
             run_dir.write_text("junit.xml", results.junit_xml(matrix))

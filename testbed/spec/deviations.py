@@ -127,6 +127,8 @@ class Deviation(Model):
                                                   "(verdict unavailable)")
     accel: Literal["tcg", "kvm"] | None = Field(None, description="only when a side of the cell ran on a guest "
                                                                   "with this accelerator")
+    intermittent: bool = Field(False, description="shows in some runs only: a run without it is no sign of a fix "
+                               "until it has not shown in any of the last runs the history holds")
     symptom: list[Symptom] = Field(min_length=1, description="all must hold on the cell's archive")
     explains: list[str] = Field(default_factory=list, description="the failed checks it accounts for (names or "
                                 "fnmatch patterns); default: the checks on the symptom's counters and checks")

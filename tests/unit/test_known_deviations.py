@@ -104,3 +104,27 @@ def test_known_attempts_make_a_known_cell_and_unobserved_ones_name_the_gap():
         {"name": "outcome", "verdict": "fail", "expected": "mptcp", "measured": "fallback"}]})
     reason = combine([unobs])[1]
     assert "outcome: expected mptcp, measured fallback" in reason and "peers of server: not observed" in reason
+
+
+def test_an_intermittent_miss_is_not_called_fixed_while_the_history_shows_it(tmp_path):
+    from testbed.matrix import history
+    from testbed.matrix.results import not_reproduced, not_reproduced_line
+
+    listed = load_deviations(ROOT / "experiments" / "known-deviations.yaml")
+    cell = "endpoint-remove/linux-6.1/host"
+    db = tmp_path / "history.sqlite"
+    for i, verdict in enumerate(["known", "as-expected", "known"]):  # oldest first
+        history.record(db, {"run_id": f"r{i}", "suite": {"name": "hackathon"}, "started": f"2026-12-0{i + 1}",
+                            "finished": f"2026-12-0{i + 1}", "status": "complete", "options": {}, "summary": {},
+                            "cells": {cell: {"scenario": "endpoint-remove", "client": "linux-6.1", "server": "host",
+                                             "verdict": verdict, "outcome": "mptcp", "expected_outcome": "mptcp",
+                                             "attempts": [], "reason": "", "dir": None}}}, tmp_path)
+    recent = history.verdicts(db, "hackathon")[cell]
+    assert recent == ["known", "as-expected", "known"]
+    miss = not_reproduced(listed, "remove-addr-not-sent-6.1", cell, recent)
+    assert miss["intermittent"] and not miss["fixed"] and miss["recent"] == "known in 2 of the last 3 runs"
+    assert not_reproduced_line(miss).startswith("intermittent remove-addr-not-sent-6.1 (")
+    gone = not_reproduced(listed, "remove-addr-not-sent-6.1", cell, ["as-expected"] * 3)
+    assert gone["fixed"] and not_reproduced_line(gone).startswith("fixed upstream? remove-addr-not-sent-6.1")
+    steady = not_reproduced(listed, "fullmesh-duplicate-join-6.1", "fullmesh/linux-6.1/host", recent)
+    assert steady["fixed"], "a deviation that always showed and now does not: fixed upstream?"
