@@ -26,17 +26,29 @@ def track(ctx: Context, proc: subprocess.Popen, what: str) -> None:
             ctx.state.add_process(proc.pid, what)
 
 
+READY_SECONDS = 10.0
+# An emulated (TCG) guest starts Python 10-20 times slower than a namespace, and more on a loaded
+# machine: the demo saw guest servers miss 10 s with load 10 on 2 cores. The cell's timeout still bounds it.
+GUEST_READY_SECONDS = 60.0
+
+
 def start(node: Any, argv: list[str], ctx: Context, what: str, wait_for: bytes | None,
-           timeout: float = 10.0) -> subprocess.Popen:
+          timeout: float | None = None) -> subprocess.Popen:
+    """Starts `argv` in `node`; with `wait_for`, waits until the process prints it (it is listening),
+    at most `timeout` seconds (default: READY_SECONDS, GUEST_READY_SECONDS in a guest)."""
     with open(ctx.log_dir / f"{what}.stderr", "wb") as log:  # the child keeps its own descriptor
         proc = node.popen(argv, stdout=subprocess.PIPE, stderr=log)
     track(ctx, proc, what)
     if wait_for is None:
         return proc
+    if timeout is None:
+        timeout = GUEST_READY_SECONDS if getattr(proc, "guest_pid", None) is not None else READY_SECONDS
+    started = time.monotonic()
     found, seen = wait_for_output(proc.stdout, wait_for, timeout)
     if not found:
         stop(proc)
-        raise RuntimeError(f"{what} did not become ready: {seen.decode(errors='replace')[-300:].strip()}")
+        output = seen.decode(errors="replace")[-300:].strip() or "no output"
+        raise RuntimeError(f"{what} did not become ready within {time.monotonic() - started:.1f} s: {output}")
     return proc
 
 
