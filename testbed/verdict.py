@@ -132,6 +132,10 @@ def _failure_check(name: str, r: dict, wanted: str) -> Check:
 
 def judge(exp: Experiment, m: Measurements, measured_outcome: str) -> list[Check]:
     e = exp.expect
+    not_started = {n: r["not_started"] for n, r in m.workloads.items() if r.get("not_started")}
+    if not_started:  # nothing of the run can be judged: what it measured is not what the experiment asked
+        return [_unobserved(f"workload {n} completed", "ok", [f"it never started: {why}"])
+                for n, why in not_started.items()]
     checks: list[Check] = []
     if e.outcome != "failed":
         for name, r in m.workloads.items():

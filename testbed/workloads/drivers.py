@@ -15,7 +15,7 @@ from typing import Any
 from testbed.emulation.nodeexec import wait_for_output
 from testbed.spec.experiment import Bulk, Iperf3, Ping, Probe, RequestResponse, Workload
 from testbed.workloads.context import Context, Via, add_path_info, route_hops
-from testbed.workloads.process import finish, json_tail, servers_result, start, start_servers, stop
+from testbed.workloads.process import NotReady, finish, json_tail, servers_result, start, start_servers, stop
 
 __all__ = ["Context", "Via", "add_path_info", "aborted_bulk", "percentiles", "route_hops", "run", "setup_metrics"]
 
@@ -41,6 +41,10 @@ def run(w: Workload, ctx: Context) -> dict:
             result = probe_driver.run(w, ctx)
         else:
             result = _ping(w, ctx)
+    except NotReady as exc:
+        result = {"ok": False, "error": str(exc)}
+        if exc.silent:
+            result["not_started"] = str(exc)
     except RuntimeError as exc:
         result = {"ok": False, "error": str(exc)}
     result.update(type=w.type, protocol=w.protocol, target=ctx.target,

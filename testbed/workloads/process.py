@@ -26,6 +26,16 @@ def track(ctx: Context, proc: subprocess.Popen, what: str) -> None:
             ctx.state.add_process(proc.pid, what)
 
 
+class NotReady(RuntimeError):
+    """A workload's process did not say it was ready in time. `silent`: it was still running and had
+    printed nothing, so it was not the implementation that refused (a bind error would be printed):
+    it had not got that far, which is the machine's or the testbed's failure, not a measurement."""
+
+    def __init__(self, message: str, silent: bool) -> None:
+        super().__init__(message)
+        self.silent = silent
+
+
 READY_SECONDS = 10.0
 # An emulated (TCG) guest starts Python 10-20 times slower than a namespace, and more on a loaded
 # machine: the demo saw guest servers miss 10 s with load 10 on 2 cores. The cell's timeout still bounds it.
@@ -46,13 +56,18 @@ def start(node: Any, argv: list[str], ctx: Context, what: str, wait_for: bytes |
     started = time.monotonic()
     found, seen = wait_for_output(proc.stdout, wait_for, timeout)
     if not found:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # its output ended: it is exiting
+            proc.wait(timeout=0.5)
+        silent = proc.returncode is None and not seen.strip()
         stop(proc)
         output = seen.decode(errors="replace")[-300:].strip() or "no output"
-        raise RuntimeError(f"{what} did not become ready within {time.monotonic() - started:.1f} s: {output}")
+        raise NotReady(f"{what} did not become ready within {time.monotonic() - started:.1f} s: {output}", silent)
     return proc
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0) -> bytes:
+    """Signals `proc` and collects its output; kills it after `timeout`. A child it left behind may
+    hold the pipe open forever (a shell's `sleep`): then what was read is returned, not waited for."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
@@ -60,7 +75,14 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
+        try:
+            out, _ = proc.communicate(timeout=2.0)
+        except subprocess.TimeoutExpired as exc:
+            out = exc.output
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            proc.wait(timeout=2.0)
     return out or b""
 
 

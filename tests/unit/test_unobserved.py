@@ -136,3 +136,43 @@ def test_link_sampler_notes_an_interface_it_never_found():
     s.sample()
     s.sample()
     assert s.gap("a:eth0") is None and "found in 0 of 2" in s.gap("a:gone")
+
+
+def test_a_workload_that_never_started_is_unobserved_and_nothing_else_is_judged():
+    m = measurements(workloads={"bulk": {"type": "bulk", "ok": False, "error": "x",
+                                         "not_started": "bulk-server did not become ready within 60.0 s: no output"}})
+    checks = judge(EXP, m, "failed")
+    assert [(c.name, c.verdict) for c in checks] == [("workload bulk completed", "unobserved")]
+    assert "it never started: bulk-server did not become ready" in checks[0].detail
+
+
+class _Node:
+    def popen(self, argv, **kw):
+        return subprocess.Popen(argv, **kw)
+
+
+class _State:
+    def __init__(self):
+        self.added = []
+
+    def add_process(self, pid, what):
+        self.added.append((pid, what))
+
+
+def test_a_silent_server_is_not_ready_but_one_that_says_why_is_the_implementations(tmp_path):
+    from testbed.workloads import process
+    from testbed.workloads.context import Context
+
+    ctx = Context(None, None, "::1", tmp_path, _State(), 1)
+    cases = {"silent": (["sleep", "30"], True), "speaks": (["sh", "-c", "echo bind: EADDRNOTAVAIL; sleep 30"], False),
+             "exits": (["sh", "-c", "exit 3"], False)}
+    for what, (argv, silent) in cases.items():
+        try:
+            process.start(_Node(), argv, ctx, what, b"ready", timeout=0.5)
+        except process.NotReady as exc:
+            assert exc.silent is silent, what
+            assert f"{what} did not become ready within" in str(exc)
+        else:
+            raise AssertionError(f"{what} became ready")
+    assert [w for _, w in ctx.state.added] == list(cases)
+    assert not [pid for pid, _ in ctx.state.added if os.path.exists(f"/proc/{pid}")], "stopped and reaped"
