@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,9 +18,11 @@ from testbed.collect import counters as counters_mod
 from testbed.collect import system
 from testbed.collect.linkbytes import Sampler
 from testbed.collect.sockets import PEER_INTERVAL, SocketSampler
+from testbed.emulation import abort
 from testbed.emulation.nodeexec import parallel
 from testbed.errors import CapabilityError, RunError
 from testbed.events import Origin, Timeline
+from testbed.runguard import Escalated, Interrupted, SignalGuard, TimedOut, signal_name
 from testbed.spec.experiment import (
     BackupEvent,
     Bulk,
@@ -40,12 +41,14 @@ from testbed.verdict import UNOBSERVED, Measurements, judge, outcome
 CAPTURE_AUTO_LIMIT = 200_000_000  # bytes moved by bulk workloads above which 'auto' skips pcaps
 
 
-class Interrupted(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
+TEARDOWN_GRACE = 10.0  # seconds a graceful teardown may take at least, before it is made hard
 
-
-class TimedOut(BaseException):
-    """The experiment's timeout passed (SIGALRM in the main thread); the run ends as an error."""
+# The phase a run says it stopped in (manifest "stopped_in"), by the timing step it was in.
+PHASES = {"preflight": ("setup", "preparing"), "network": ("setup", "building the network"),
+          "stacks": ("setup", "configuring the MPTCP stacks"), "shaping": ("shaping", "shaping the links"),
+          "metadata": ("setup", "starting network functions and captures"),
+          "workloads": ("workloads", "running the workloads"), "collect": ("collect", "collecting results"),
+          "teardown": ("teardown", "tearing down")}
 
 
 @dataclass
@@ -58,64 +61,6 @@ class RunResult:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-class SignalGuard:
-    """SIGINT/SIGTERM handling for one run.
-
-    Installed before anything is created. While disarmed (creating the archive, tearing down) a
-    signal is only remembered, so a run is never left half-built or half-removed; once armed, a
-    remembered or new signal raises in the main thread (KeyboardInterrupt / Interrupted)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.pending: int | None = None
-        self.armed = False
-        self.active = threading.current_thread() is threading.main_thread()
-        self._old: dict[int, Any] = {}
-
-    def _raise(self, signum: int) -> None:
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted()
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.armed:
-            self.armed = False  # one interruption; teardown is not to be interrupted again
-            self._raise(signum)
-        self.pending = self.pending or signum
-
-    def install(self) -> None:
-        if self.active:
-            self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
-
-    def arm_timeout(self, seconds: float) -> None:
-        """A hung workload, guest or node command is cut off: SIGALRM raises TimedOut wherever the
-        main thread is blocked, and teardown then kills every process of the run."""
-        if not self.active:
-            return
-
-        def on_alarm(signum: int, frame: Any) -> None:
-            if self.armed:
-                self.armed = False
-                raise TimedOut()
-
-        self._old.setdefault(signal.SIGALRM, signal.signal(signal.SIGALRM, on_alarm))
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-
-    def arm(self) -> None:
-        self.armed = True
-        if self.pending is not None:
-            self.armed = False
-            self._raise(self.pending)
-
-    def disarm(self) -> None:
-        self.armed = False
-
-    def restore(self) -> None:
-        if self.active:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def _capture_on(loaded: LoadedExperiment) -> bool:
@@ -177,7 +122,7 @@ class Runner:
             guard.restore()
 
     def _guarded_run(self, guard: SignalGuard) -> RunResult:
-        self._last_mark = time.monotonic()
+        self._started = self._last_mark = time.monotonic()
         features, backend = self.preflight()
         run_dir = RunDir(self.results, self.exp.name)
         state = RunState(f"{run_dir.name}")
@@ -210,27 +155,30 @@ class Runner:
             exit_code = 1 if any(c.verdict in ("fail", UNOBSERVED) for c in checks) else 0  # unconfirmed is unmet
         except TimedOut:
             guard.disarm()
-            self.manifest["status"] = "error"
-            self.manifest["error"] = (f"timed out: the experiment's timeout ({self.exp.timeout:g} s) passed "
-                                      f"during {self._phase()}; every process of the run was killed")
+            step = self._phase()
+            self._stopped("error", step, f"timed out: the experiment's timeout ({self.exp.timeout:g} s) passed "
+                                         f"while {PHASES[step][1]} ({step}); what it ran was killed")
             exit_code = 1
         except (KeyboardInterrupt, Interrupted):
             guard.disarm()
-            self.manifest["status"] = "interrupted"
+            step = self._phase()
+            how = signal_name(guard.received[0]) if guard.received else "SIGINT"
+            self._stopped("interrupted", step, f"interrupted ({how}) while {PHASES[step][1]} ({step})")
             exit_code = 130
         except (RunError, RuntimeError, OSError) as exc:
             guard.disarm()
-            self.manifest["status"] = "error"
-            self.manifest["error"] = str(exc)
+            self._stopped("error", self._phase(), str(exc))
             exit_code = 1
         finally:
             guard.disarm()
-            self._teardown(state)
+            self._teardown(state, guard)
             self._mark("teardown")
             self.manifest["finished"] = _now()
             final = self._finalize(run_dir)
         if self.manifest["status"] == "error" and exit_code == 0:
             exit_code = 1  # e.g. the disk filled up while the archive was being written
+        if self.manifest["status"] == "interrupted":
+            exit_code = 130  # also when a complete run's teardown was cut short by the user
         return RunResult(final, self.manifest, exit_code, checks)
 
     # -- the run itself ---------------------------------------------------------------------------
@@ -238,9 +186,12 @@ class Runner:
         from concurrent.futures import ThreadPoolExecutor
 
         # Tool versions come from a handful of subprocesses; they run while the network is built.
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
             self._versions = pool.submit(system.tool_versions)
             return self._run_network(run_dir, state, backend)
+        finally:  # a run cut short does not wait for them (they have their own timeouts)
+            pool.shutdown(wait=False)
 
     def _run_network(self, run_dir: RunDir, state: RunState, backend: str) -> list:
         from testbed.emulation.network import Network
@@ -398,6 +349,13 @@ class Runner:
         YAML().dump(data, out)
         return out.getvalue()
 
+    def _stopped(self, status: str, step: str, error: str | None) -> None:
+        """The run ended before its end: how, in which phase (setup, shaping, workloads, ...), why."""
+        self.manifest["status"] = status
+        self.manifest["stopped_in"] = PHASES[step][0]
+        if error:
+            self.manifest["error"] = error
+
     def _phase(self) -> str:
         done = list(self.manifest.get("timing", {}))
         order = ["preflight", "network", "stacks", "shaping", "metadata", "workloads", "collect"]
@@ -539,12 +497,34 @@ class Runner:
             stack_driver(node).set_backup(node, event.node, event.interface, event.backup, self.res)
         return None
 
-    def _teardown(self, state: RunState) -> None:
-        errors = []
+    def _teardown(self, state: RunState, guard: SignalGuard) -> None:
+        """Graceful (captures, functions, shaping and the network asked to stop) within what is left of
+        the experiment's timeout, at least TEARDOWN_GRACE (only that after a run cut short); hard (the
+        run's processes killed, nothing asked) if that runs out or the user signals again. Either way
+        the sweep then removes what the run recorded."""
+        errors: list[str] = []
+        left = self.exp.timeout - (time.monotonic() - self._started)
+        budget = max(TEARDOWN_GRACE, left) if self.manifest.get("status") == "complete" else TEARDOWN_GRACE
+        if not abort.settle(0):  # node commands still awaited (a job left hanging by a failed one)
+            abort.abort("the run is being torn down")
+            abort.settle(3.0)
+        try:
+            with guard.teardown(budget):
+                self._graceful_teardown(errors)
+        except Escalated:
+            self._hard_teardown(guard.hard_reason or "teardown was cut short", guard.hard_by_signal, errors)
+        sweep(state)  # anything still alive in our namespaces, and our root-namespace links
+        state.remove()
+        if errors:
+            self.manifest.setdefault("teardown_errors", errors)
+
+    def _graceful_teardown(self, errors: list[str]) -> None:
         if self.captures is not None:
             with contextlib.suppress(Exception):
                 self.captures.stop()
-        for function in reversed(self.functions):
+            self.captures = None
+        while self.functions:
+            function = self.functions.pop()
             try:
                 function.stop()
             except Exception as exc:  # noqa: BLE001 - keep tearing down; reported in the manifest
@@ -554,15 +534,27 @@ class Runner:
                 self.shaper.stop()
             except Exception as exc:  # noqa: BLE001 - keep tearing down; reported in the manifest
                 errors.append(f"shaper: {exc}")
+            self.shaper = None
         if self.network is not None:
             try:
                 self.network.stop()
             except Exception as exc:  # noqa: BLE001
                 errors.append(str(exc))
-        sweep(state)  # anything still alive in our namespaces, and our root-namespace links
-        state.remove()
-        if errors:
-            self.manifest.setdefault("teardown_errors", errors)
+            self.network = None
+
+    def _hard_teardown(self, reason: str, by_signal: bool, errors: list[str]) -> None:
+        """Nothing is asked to stop: the nodes' shells and guests are killed (the sweep then kills
+        every other process in the run's namespaces and removes its links)."""
+        self.manifest["teardown"] = f"hard: {reason}"
+        if self.manifest.get("status") == "complete":  # measured and judged, but not cleanly ended
+            self._stopped("interrupted" if by_signal else "error", "teardown",
+                          f"teardown was made hard ({reason}); every process of the run was killed")
+        if self.network is not None:
+            try:
+                self.network.stop(hard=True)
+            except Exception as exc:  # noqa: BLE001 - the sweep still runs
+                errors.append(str(exc))
+            self.network = None
 
 
 def _capture_point(node: Any, intf: str) -> tuple[Any, str]:

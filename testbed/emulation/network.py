@@ -16,10 +16,11 @@ import re
 import signal
 import subprocess
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from testbed.emulation import abort
 from testbed.emulation.mininet_import import mininet_modules
 from testbed.emulation.nodeexec import parallel, run, run_many, write_script
 from testbed.errors import RunError
@@ -117,11 +118,26 @@ class Network:
                 return mn_nodelib.LinuxBridge(self.bridges[name])
             return mn_node.Host(name, ip=None)
 
-        # Every shell that started is registered, even if another failed: teardown must find them all.
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-shell") as pool:
-            futures = [(name, pool.submit(make, name)) for name in order]
+        # Every shell that started is registered, even if another failed or the run was interrupted
+        # meanwhile: teardown must find them all. The wait is in short steps, so a signal's exception
+        # is raised here at once; the shells still starting then are awaited (briefly) and registered.
+        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-shell")
+        futures = [(name, pool.submit(make, name)) for name in order]
+        try:
+            while not all(f.done() for _, f in futures):
+                wait([f for _, f in futures], timeout=0.2)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            wait([f for _, f in futures], timeout=10)
+            self._register_nodes(futures)
+
+    def _register_nodes(self, futures: list[tuple[str, Future]]) -> None:
+        topo = self.resolved.topology
+        order = [name for name, _ in futures]
         failure: BaseException | None = None
         for name, future in futures:
+            if not future.done() or future.cancelled():
+                continue
             try:
                 node = future.result()
             except Exception as exc:  # noqa: BLE001 - the first one is raised below
@@ -365,7 +381,18 @@ class Network:
         run_many(self.nodes[name], [route_argv(r, "replace") for r in installed_routes(self.resolved.routes[name])
                                     if r.interface == intf])
 
-    def stop(self) -> None:
+    def stop(self, hard: bool = False) -> None:
+        """Tear the network down. `hard` (graceful teardown was given up): the guests' QEMU processes
+        and every node's shell are killed, and nothing is asked of them; the run's sweep removes the
+        bridges and anything left in the namespaces."""
+        if hard:
+            self._kill_guests()
+            self.guests = {}
+            if self.net is not None:
+                nodes = [*self.net.hosts, *self.net.switches]
+                self.net = None
+                kill_shells(nodes, grace=0)
+            return
         errors = self._stop_guests() if self.guests else []
         self.guests = {}
         if self.net is None:
@@ -381,6 +408,13 @@ class Network:
         if errors:
             raise RunError("; ".join(errors))
 
+    def _kill_guests(self) -> None:
+        for gnode in self.guests.values():
+            proc = getattr(gnode.guest, "proc", None)
+            if proc is not None:
+                with contextlib.suppress(OSError):
+                    proc.kill()  # not reset for reuse: a pool gets nothing back from a hard stop
+
     def _stop_nodes(self) -> None:
         """Every shell is hung up at once and awaited: a namespace ends with its last process, and the
         kernel removes its interfaces with it, in one batch per namespace, veth peers in the root
@@ -388,14 +422,7 @@ class Network:
         one request deletes them all (ports whose peer is in no namespace of ours too).
         Deleting devices one by one costs a kernel synchronisation each (20 ms under load)."""
         net = self.net
-        nodes = [*net.hosts, *net.switches]
-        for node in nodes:
-            shell = getattr(node, "shell", None)
-            if shell is not None and shell.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(shell.pid, signal.SIGHUP)
-        for node in nodes:
-            node.terminate()
+        kill_shells([*net.hosts, *net.switches], grace=2.0)
         if net.switches:
             root_batch([f"link del group {self.group}"], force=True)
 
@@ -404,6 +431,31 @@ class Network:
         """The interface group of this run's root-namespace devices (from its unique tag; 0 is the
         kernel's default group, so the tag's value is moved clear of small numbers others may use)."""
         return (1 << 24) + int(self.tag, 16) if all(c in "0123456789abcdef" for c in self.tag) else (1 << 24) + 1
+
+
+def kill_shells(nodes: list[Any], grace: float) -> None:
+    """Hang up every node's shell (and what runs in its foreground: a shell's commands share its
+    process group), SIGKILL the groups still there after `grace` seconds, then let Mininet close the
+    terminals. A node command still awaited is abandoned first: a closed terminal is not polled."""
+    import time
+
+    if not abort.settle(0):
+        abort.abort("the network is being stopped")
+        abort.settle(2.0)
+    shells = [n.shell for n in nodes if getattr(n, "shell", None) is not None and n.shell.poll() is None]
+    for shell in shells:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(shell.pid, signal.SIGHUP)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(s.poll() is None for s in shells):
+        time.sleep(0.02)
+    for shell in shells:
+        if shell.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(shell.pid, signal.SIGKILL)
+    for node in nodes:
+        with contextlib.suppress(Exception):
+            node.terminate()  # the shell is gone: this closes its terminal and reaps it
 
 
 @functools.cache

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.emulation import abort
 from testbed.errors import RunError
 
 _RC = "__testbed_rc="
@@ -39,8 +40,12 @@ _counter = 0
 
 
 def _cmd(node: Any, line: str) -> str:
-    with _locks[id(node)]:
-        return node.cmd(line)
+    lock = _locks[id(node)]
+    abort.acquire(lock, getattr(node, "name", "node"))
+    try:
+        return abort.command(node, line)  # node.cmd, but given up when the run is cut off
+    finally:
+        lock.release()
 
 
 def _scripts() -> Path:
@@ -206,14 +211,28 @@ def _short(line: str) -> str:
 
 
 def parallel(jobs: Sequence[Callable[[], Any]], workers: int = 8) -> list[Any]:
-    """Run independent jobs in threads (one per node shell); the first exception is raised."""
+    """Run independent jobs in threads (one per node shell); the first exception is raised.
+
+    The caller never waits for a thread it cannot interrupt: it waits in short timeouts (so a signal
+    handler runs and its exception propagates), and on the first failure, or an exception raised in
+    it by a signal, it leaves without joining the threads (jobs not started are cancelled; those
+    running are node commands, which give up when the run is aborted)."""
     if len(jobs) <= 1:
         return [job() for job in jobs]
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        futures = [pool.submit(job) for job in jobs]
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(jobs)))
+    futures = [pool.submit(job) for job in jobs]
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in done and f.exception() is not None), None)
+            if failed is not None:
+                raise failed.exception()  # type: ignore[misc]
         return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def readable(fd: int, timeout: float) -> bool:
