@@ -87,8 +87,9 @@ class SignalGuard:
         self.received.append(signum)
         if self.armed:
             self._stop(signum)
-        if self.graceful and len(self.received) > 1:
-            self._escalate(f"{signal_name(signum)} again during teardown", by_signal=True)
+        if self.graceful:  # the user does not want to wait for this teardown either
+            again = " again" if len(self.received) > 1 else ""
+            self._escalate(f"{signal_name(signum)}{again} during teardown", by_signal=True)
         self.pending = self.pending or signum
 
     def _alarm(self, signum: int, frame: Any) -> None:

@@ -353,6 +353,8 @@ class Runner:
         """The run ended before its end: how, in which phase (setup, shaping, workloads, ...), why."""
         self.manifest["status"] = status
         self.manifest["stopped_in"] = PHASES[step][0]
+        if step != "teardown" and step not in self.manifest.get("timing", {}):
+            self._mark(step)  # the time it ran before it was cut off (teardown is timed on its own)
         if error:
             self.manifest["error"] = error
 

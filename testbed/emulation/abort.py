@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import threading
 import time
@@ -103,9 +104,8 @@ def command(node: Any, line: str) -> str:
                 _abandon(node)
                 raise Abandoned(f"{node.name}: abandoned `{line[:120]}`: {_reason}")
             try:
-                # findPid=False: our lines never put a job in the background.
-                out.append(node.monitor(timeoutms=POLL_MS, findPid=False))
-            except OSError as exc:  # the terminal was closed under us (the shell was killed)
+                out.append(_output(node, POLL_MS))
+            except (OSError, ValueError) as exc:  # the terminal was closed under us (the shell was killed)
                 _stuck.add(node)
                 raise Abandoned(f"{node.name}: the node's shell went away ({exc})") from None
         return "".join(out)
@@ -113,6 +113,28 @@ def command(node: Any, line: str) -> str:
         with _inflight_cv:
             _inflight -= 1
             _inflight_cv.notify_all()
+
+
+def _output(node: Any, timeout_ms: int) -> str:
+    """What the shell printed within `timeout_ms` ('' if nothing); clears `node.waiting` at its prompt.
+
+    Mininet's own `monitor(timeoutms)` cannot be used: its poll object is registered for POLLOUT too,
+    which a terminal always is, so it "returns" at once and then blocks in read() regardless."""
+    if node.readbuf:
+        data, node.readbuf = node.readbuf, ""
+    else:
+        poller = select.poll()
+        poller.register(node.stdout.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        if not poller.poll(timeout_ms):
+            return ""
+        raw = os.read(node.stdout.fileno(), 65536)
+        if not raw:
+            raise OSError("end of file on the node's terminal")
+        data = node.decoder.decode(raw)
+    if chr(127) in data:  # the prompt: Mininet's sentinel that the command is done
+        node.waiting = False
+        data = data.replace(chr(127), "")
+    return data
 
 
 def _abandon(node: Any) -> None:
@@ -123,8 +145,8 @@ def _abandon(node: Any) -> None:
     deadline = time.monotonic() + RESYNC_SECONDS
     while node.waiting and time.monotonic() < deadline:
         try:
-            node.monitor(timeoutms=POLL_MS, findPid=False)
-        except OSError:
+            _output(node, POLL_MS)
+        except (OSError, ValueError):
             break
     if node.waiting:
         _stuck.add(node)
