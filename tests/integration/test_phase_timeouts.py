@@ -176,3 +176,29 @@ def test_second_interrupt_makes_a_hung_teardown_hard(tmp_path):
     assert proc.returncode == 130, err
     assert m["status"] == "interrupted" and m["stopped_in"] == "setup"
     assert m["teardown"] == "hard: SIGINT again during teardown"
+
+
+def test_matrix_cell_with_hung_setup_is_an_error_and_the_matrix_goes_on(tmp_path):
+    fakes = fake_tools(tmp_path / "bin", "ethtool")
+    experiment(tmp_path, "4s")
+    (tmp_path / "plain.yaml").write_text(TOPOLOGY.replace("rate: 100Mbit, loss: 1%", "rate: 100Mbit"))
+    (tmp_path / "healthy.yaml").write_text((tmp_path / "exp.yaml").read_text().replace("tiny.yaml", "plain.yaml")
+                                           .replace("timeout: 4s", "timeout: 60s"))
+    (tmp_path / "suite.yaml").write_text(
+        f"name: hung\nimplementations: {ROOT / 'experiments' / 'implementations.yaml'}\ntimeout: 90s\n"
+        "scenarios:\n  - {name: hung-setup, experiment: exp.yaml}\n  - {name: healthy, experiment: healthy.yaml}\n")
+    env = {**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}"}
+    r = subprocess.run([sys.executable, "-m", "testbed", "matrix", str(tmp_path / "suite.yaml"), "--clients", "host",
+                        "--servers", "host", "--jobs", "1", "--results", str(tmp_path / "mx")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=4 + 60 + 60)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr  # one cell is an error
+    assert not hanging(fakes)
+    run_dir = next(p for p in (tmp_path / "mx").iterdir() if not p.name.startswith("."))
+    cells = {c["scenario"]: c for c in json.loads((run_dir / "matrix.json").read_text())["cells"].values()}
+    hung = cells["hung-setup"]
+    assert hung["verdict"] == "error" and "timeout (4 s) passed" in hung["reason"], hung
+    m = json.loads((run_dir / hung["dir"] / "manifest.json").read_text())
+    assert m["status"] == "error" and m["stopped_in"] == "setup"
+    healthy = json.loads((run_dir / cells["healthy"]["dir"] / "manifest.json").read_text())
+    assert healthy["status"] == "complete", cells["healthy"]
