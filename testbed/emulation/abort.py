@@ -110,6 +110,8 @@ def command(node: Any, line: str) -> str:
                 raise Abandoned(f"{node.name}: the node's shell went away ({exc})") from None
         return "".join(out)
     finally:
+        if node.waiting:  # left by an exception (a signal's, in the main thread): not at its prompt
+            _stuck.add(node)
         with _inflight_cv:
             _inflight -= 1
             _inflight_cv.notify_all()
