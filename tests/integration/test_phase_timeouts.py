@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -194,7 +195,9 @@ def test_matrix_cell_with_hung_setup_is_an_error_and_the_matrix_goes_on(tmp_path
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 1, r.stdout + r.stderr  # one cell is an error
     assert not hanging(fakes)
-    run_dir = next(p for p in (tmp_path / "mx").iterdir() if not p.name.startswith("."))
+    archive = re.search(r"^archive: (.+)$", r.stdout, re.M)
+    assert archive, r.stdout + r.stderr
+    run_dir = Path(archive.group(1))
     cells = {c["scenario"]: c for c in json.loads((run_dir / "matrix.json").read_text())["cells"].values()}
     hung = cells["hung-setup"]
     assert hung["verdict"] == "error" and "timeout (4 s) passed" in hung["reason"], hung
