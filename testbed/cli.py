@@ -118,9 +118,18 @@ def _version() -> str:
     return f"testbed {testbed.__version__}"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM before a run installs its own handling: nothing is built yet
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # exit 130, like Ctrl-C, not death by the signal
     try:
+        args = _parser().parse_args(argv)
         return _dispatch(args)
     except SpecError as exc:
         for problem in exc.problems:

@@ -128,7 +128,8 @@ class Network:
                 wait([f for _, f in futures], timeout=0.2)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-            wait([f for _, f in futures], timeout=10)
+            # (a cancelled future never counts as done for wait(): only those that started)
+            wait([f for _, f in futures if not f.cancelled()], timeout=10)
             self._register_nodes(futures)
 
     def _register_nodes(self, futures: list[tuple[str, Future]]) -> None:
