@@ -22,10 +22,12 @@ from typing import Any
 
 from testbed.emulation import abort
 from testbed.emulation.mininet_import import mininet_modules
-from testbed.emulation.nodeexec import parallel, run, run_many, write_script
+from testbed.emulation.nodeexec import parallel, run, run_many, submit_all, write_script
 from testbed.errors import RunError
 from testbed.spec.resolve import Interface, Resolved, Route
 from testbed.state import RunState
+
+SHELL_START_WAIT = 5.0  # seconds a run cut off while its node shells start waits for those started
 
 BASE_SYSCTLS = {
     # The topology is IPv4-only: IPv6 would add router solicitations and MLD to every capture.
@@ -121,16 +123,18 @@ class Network:
         # Every shell that started is registered, even if another failed or the run was interrupted
         # meanwhile: teardown must find them all. The wait is in short steps, so a signal's exception
         # is raised here at once; the shells still starting then are awaited (briefly) and registered.
-        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-shell")
-        futures = [(name, pool.submit(make, name)) for name in order]
+        started = submit_all([lambda n=n: make(n) for n in order], workers=4, name="node-shell")
+        futures = list(zip(order, started, strict=True))
         try:
-            while not all(f.done() for _, f in futures):
-                wait([f for _, f in futures], timeout=0.2)
+            while not all(f.done() for f in started):
+                wait(started, timeout=0.2)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for f in started:
+                f.cancel()
             # (a cancelled future never counts as done for wait(): only those that started)
-            wait([f for _, f in futures if not f.cancelled()], timeout=10)
+            wait([f for f in started if not f.cancelled()], timeout=SHELL_START_WAIT)
             self._register_nodes(futures)
+            kill_starting_shells([n for n, f in futures if not f.done()])
 
     def _register_nodes(self, futures: list[tuple[str, Future]]) -> None:
         topo = self.resolved.topology
@@ -432,6 +436,27 @@ class Network:
         """The interface group of this run's root-namespace devices (from its unique tag; 0 is the
         kernel's default group, so the tag's value is moved clear of small numbers others may use)."""
         return (1 << 24) + int(self.tag, 16) if all(c in "0123456789abcdef" for c in self.tag) else (1 << 24) + 1
+
+
+def kill_starting_shells(names: list[str]) -> None:
+    """SIGKILL the shells of `names` that never showed their first prompt (their Mininet node was never
+    made, so neither the run's state nor teardown knows them): this process's children running
+    `bash ... mininet:NAME` (Mininet's name for a node's shell)."""
+    if not names:
+        return
+    wanted = {f"mininet:{n}".encode() for n in names}
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if parent == me and wanted.intersection(argv):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
 
 
 def kill_shells(nodes: list[Any], grace: float) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -21,6 +22,7 @@ import tempfile
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,19 +212,48 @@ def _short(line: str) -> str:
     return line if len(line) <= 300 else f"{line[:300]}… ({len(line)} characters)"
 
 
+def submit_all(jobs: Sequence[Callable[[], Any]], workers: int = 8, name: str = "node-job") -> list[Future]:
+    """Start `jobs` on at most `workers` daemon threads; one Future each (cancel() one not started).
+
+    Not a ThreadPoolExecutor: the interpreter joins its threads at exit, so one thread blocked for
+    good (a Mininet shell that never shows its first prompt reads its terminal without a timeout)
+    would keep a run that has already been cut off and torn down from ever exiting."""
+    futures: list[Future] = [Future() for _ in jobs]
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(len(jobs)):
+        todo.put(i)
+
+    def work() -> None:
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            future = futures[i]
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(jobs[i]())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
+                future.set_exception(exc)
+
+    for n in range(min(workers, len(jobs))):
+        threading.Thread(target=work, name=f"{name}-{n}", daemon=True).start()
+    return futures
+
+
 def parallel(jobs: Sequence[Callable[[], Any]], workers: int = 8) -> list[Any]:
     """Run independent jobs in threads (one per node shell); the first exception is raised.
 
     The caller never waits for a thread it cannot interrupt: it waits in short timeouts (so a signal
     handler runs and its exception propagates), and on the first failure, or an exception raised in
-    it by a signal, it leaves without joining the threads (jobs not started are cancelled; those
-    running are node commands, which give up when the run is aborted)."""
+    it by a signal, it leaves at once (jobs not started are cancelled; those running are node
+    commands, which give up when the run is aborted)."""
     if len(jobs) <= 1:
         return [job() for job in jobs]
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    from concurrent.futures import FIRST_EXCEPTION, wait
 
-    pool = ThreadPoolExecutor(max_workers=min(workers, len(jobs)))
-    futures = [pool.submit(job) for job in jobs]
+    futures = submit_all(jobs, workers)
     try:
         pending = set(futures)
         while pending:
@@ -232,7 +263,8 @@ def parallel(jobs: Sequence[Callable[[], Any]], workers: int = 8) -> list[Any]:
                 raise failed.exception()  # type: ignore[misc]
         return [f.result() for f in futures]
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for f in futures:
+            f.cancel()
 
 
 def readable(fd: int, timeout: float) -> bool:

@@ -44,6 +44,7 @@ links:
 
 # When each fake hangs (shell `case` patterns on all its arguments), else it runs the real tool.
 HANGS = {
+    "bash": "*mininet:client*",  # set-up: the client node's shell never shows its first prompt
     "ethtool": "*-K*",  # set-up: offloads off on a lossy link
     "tc": "*htb*|-batch*",  # shaping: the rate limit (an htb qdisc, one command or a `tc -batch -`)
     "ip": "*-force*-batch*",  # teardown: the run's bridges deleted in one batch (the sweep uses its own)
@@ -130,7 +131,7 @@ def finish(proc: subprocess.Popen, tmp: Path, fakes: Path, within: float) -> tup
     return json.loads((runs[0] / "manifest.json").read_text()), err
 
 
-@pytest.mark.parametrize("tool,phase", [("ethtool", "setup"), ("tc", "shaping")])
+@pytest.mark.parametrize("tool,phase", [("bash", "setup"), ("ethtool", "setup"), ("tc", "shaping")])
 def test_hung_phase_is_cut_off_at_the_timeout(tmp_path, tool, phase):
     fakes = fake_tools(tmp_path / "bin", tool)
     proc = start(tmp_path, experiment(tmp_path, "4s"), fakes)
