@@ -27,7 +27,7 @@ from testbed.errors import RunError
 from testbed.spec.resolve import Interface, Resolved, Route
 from testbed.state import RunState
 
-SHELL_START_WAIT = 5.0  # seconds a run cut off while its node shells start waits for those started
+SHELL_START_WAIT = 2.0  # seconds a run cut off while its shells start waits for those starting (then: killed)
 
 BASE_SYSCTLS = {
     # The topology is IPv4-only: IPv6 would add router solicitations and MLD to every capture.
