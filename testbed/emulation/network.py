@@ -465,7 +465,8 @@ def kill_shells(nodes: list[Any], grace: float) -> None:
     terminals. A node command still awaited is abandoned first: a closed terminal is not polled."""
     import time
 
-    if not abort.settle(0):
+    ours = not abort.settle(0) and not abort.aborting()
+    if ours:  # only to free the threads polling these terminals: cleared again below
         abort.abort("the network is being stopped")
         abort.settle(2.0)
     shells = [n.shell for n in nodes if getattr(n, "shell", None) is not None and n.shell.poll() is None]
@@ -482,6 +483,8 @@ def kill_shells(nodes: list[Any], grace: float) -> None:
     for node in nodes:
         with contextlib.suppress(Exception):
             node.terminate()  # the shell is gone: this closes its terminal and reaps it
+    if ours:
+        abort.resume()  # another network in this process (a benchmark's next size) runs commands again
 
 
 @functools.cache
