@@ -117,7 +117,10 @@ class Network:
 
         def make(name: str) -> Any:
             if topo.nodes[name].kind == "switch":
-                return mn_nodelib.LinuxBridge(self.bridges[name])
+                # Its bridge and ports are in the root namespace, and so must its shell be: a Mininet
+                # Node defaults to a namespace of its own (Mininet.addSwitch passes False itself),
+                # where a command for its ports (a rate on a switch's egress) finds no such device.
+                return mn_nodelib.LinuxBridge(self.bridges[name], inNamespace=False)
             return mn_node.Host(name, ip=None)
 
         # Every shell that started is registered, even if another failed or the run was interrupted

@@ -123,3 +123,31 @@ expect:
     assert m["outcome"] == "fallback"
     assert m["stacks"]["server"]["sysctls"]["net.mptcp.enabled"] == "0"
     assert m["workloads"]["bulk"]["is_mptcp"] is False
+
+
+def test_a_rate_on_a_switch_link_shapes_both_ways(tmp_path, no_leaks):
+    # The switch's side sends through its port in the root namespace: its shell must be there too
+    # (it once had a namespace of its own, where tc found no such device).
+    (tmp_path / "t.yaml").write_text("""
+name: lan
+nodes: {a: {kind: host}, s1: {kind: switch}, b: {kind: host}}
+links:
+  - {endpoints: [a, s1], impairment: {rate: 20Mbit}}
+  - [s1, b]
+""")
+    exp = tmp_path / "e.yaml"
+    exp.write_text("""
+name: switch-rate
+topology: t.yaml
+workloads:
+  - {name: up, type: bulk, client: a, server: b, size: 2MB, direction: upload}
+  - {name: down, type: bulk, client: a, server: b, size: 2MB, direction: download}
+capture: off
+""")
+    r = run_cli("run", str(exp), "--results", str(tmp_path / "res"), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((next((tmp_path / "res").iterdir()) / "manifest.json").read_text())
+    assert m["status"] == "complete"
+    for name in ("up", "down"):
+        w = m["workloads"][name]
+        assert w["intact"] and 0 < w["goodput_bps"] <= 20e6 * 1.05, (name, w["goodput_bps"])
