@@ -31,10 +31,14 @@ class Match:
         return f"{label} {d.id}: {d.what} Measured: {self.evidence}. See {cites}"
 
 
-def applicable(deviations: list[Deviation], scenario: str, client: Side, server: Side) -> list[Deviation]:
+def applicable(deviations: list[Deviation], scenario: str, client: Side, server: Side,
+               expected_outcome: str | None = None) -> list[Deviation]:
+    """The entries that can show in a cell: its scenario, its sides, and (when given) its expected outcome."""
     out = []
     for d in deviations:
         if d.scenario != scenario:
+            continue
+        if expected_outcome is not None and d.outcome not in ("any", expected_outcome):
             continue
         if d.client is not None and not d.client.matches(*client):
             continue

@@ -707,7 +707,7 @@ class MatrixRunner:
             return []
         side = {impl: (impl, self.features[impl].version) for impl in (cell.client, cell.server)}
         return known.applicable(self.loaded.deviations.deviations, cell.scenario, side[cell.client],
-                                side[cell.server])
+                                side[cell.server], cell.expectation.expected_outcome)
 
     def _match_known(self, cell: Cell, a: Attempt) -> None:
         """An unexpected attempt that reproduces a listed deviation exactly is `known` (a kernel's) or

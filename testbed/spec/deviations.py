@@ -127,6 +127,9 @@ class Deviation(Model):
                                                   "(verdict unavailable)")
     accel: Literal["tcg", "kvm"] | None = Field(None, description="only when a side of the cell ran on a guest "
                                                                   "with this accelerator")
+    outcome: Literal["mptcp", "fallback", "failed", "any"] = Field(
+        "mptcp", description="the cells it can show in, by their expected outcome: a deviation of MPTCP "
+        "behaviour cannot show where a side speaks plain TCP")
     intermittent: bool = Field(False, description="shows in some runs only: a run without it is no sign of a fix "
                                "until it has not shown in any of the last runs the history holds")
     symptom: list[Symptom] = Field(min_length=1, description="all must hold on the cell's archive")

@@ -128,3 +128,11 @@ def test_an_intermittent_miss_is_not_called_fixed_while_the_history_shows_it(tmp
     assert gone["fixed"] and not_reproduced_line(gone).startswith("fixed upstream? remove-addr-not-sent-6.1")
     steady = not_reproduced(listed, "aggregate-tcg-goodput", "aggregate/linux-6.1/host", recent)
     assert not steady["intermittent"] and steady["fixed"], "one that is not intermittent: fixed upstream?"
+
+
+def test_a_deviation_of_mptcp_behaviour_does_not_apply_where_a_side_speaks_tcp():
+    six_one, tcp = ("linux-6.1", (6, 1)), ("tcp", (6, 18))
+    assert [d.id for d in known.applicable(shipped(), "fullmesh", six_one, tcp, "mptcp")] == \
+        ["fullmesh-duplicate-join-6.1"]
+    assert known.applicable(shipped(), "fullmesh", six_one, tcp, "fallback") == [], \
+        "a fallback cell cannot show extra joins: it is no 'fixed upstream?' either"
