@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchjson
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -43,6 +45,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--bare", type=Path, default=find_bare())
+    ap.add_argument("--json", default=None, help="also write the figures to this file (bench/run_all.py)")
     args = ap.parse_args()
     if args.bare is None or not args.bare.exists():
         print("bare_netns_cell.sh not found; pass --bare PATH", file=sys.stderr)
@@ -65,8 +68,15 @@ def main() -> int:
     print(f"testbed run   median {cell:.3f} s  runs {' '.join(f'{t:.3f}' for t in cell_times)}")
     print(f"ratio         {cell / bare:.2f}x  (target <= 2x)")
     keys = phases[0].keys()
-    print("testbed phases (median s): " + ", ".join(
-        f"{k} {statistics.median(p[k] for p in phases):.3f}" for k in keys))
+    medians = {k: statistics.median(p[k] for p in phases) for k in keys}
+    print("testbed phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
+    benchjson.write(args.json, "cell_overhead", [
+        benchjson.table("One cell: testbed run against the bare script", ["", "median s", "runs s"],
+                        [["bare script", f"{bare:.3f}", " ".join(f"{t:.3f}" for t in bare_times)],
+                         ["testbed run", f"{cell:.3f}", " ".join(f"{t:.3f}" for t in cell_times)]]),
+        benchjson.table("testbed run phases (median s)", list(medians), [[f"{v:.3f}" for v in medians.values()]])],
+        notes=[f"ratio {cell / bare:.2f}x (target <= 2x)"],
+        figures={"bare_s": bare_times, "testbed_s": cell_times, "ratio": cell / bare, "phases": medians})
     return 0
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import benchjson  # noqa: E402
+
 from testbed.emulation.qemu import images  # noqa: E402
 from testbed.emulation.qemu.guest import Guest, Nic, random_mac  # noqa: E402
 
@@ -29,6 +31,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     parser.add_argument("--mem", type=int, default=256, help="guest memory, MB")
+    parser.add_argument("--json", default=None, help="also write the figures to this file (bench/run_all.py)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("guest_boot: needs root (TAP devices)", file=sys.stderr)
@@ -59,6 +62,13 @@ def main() -> int:
     print(f"{args.image} ({image.release}, {guest.accel}, {args.mem} MB): median of {len(rows)}: "
           f"control channel ready {med('control'):.2f} s, ready {med('ready'):.2f} s, "
           f"/init at {med('init'):.2f} s, qemu RSS {med('rss_mb'):.0f} MB, shutdown {med('shutdown'):.2f} s")
+    benchjson.write(args.json, "guest_boot", [benchjson.table(
+        f"{args.image} ({image.release}, {guest.accel}, {args.mem} MB guest)",
+        ["boot", "control channel s", "ready s", "/init at s (guest uptime)", "qemu RSS MB", "shutdown s"],
+        [[str(i + 1), f"{r['control']:.2f}", f"{r['ready']:.2f}", f"{r['init']:.2f}", f"{r['rss_mb']:.0f}",
+          f"{r['shutdown']:.2f}"] for i, r in enumerate(rows)]
+        + [["median", f"{med('control'):.2f}", f"{med('ready'):.2f}", f"{med('init'):.2f}", f"{med('rss_mb'):.0f}",
+            f"{med('shutdown'):.2f}"]])], figures={"boots": rows, "accel": guest.accel})
     return 0
 
 

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import benchjson
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = "basic-handshake,tcp-client,tcp-server,subflow-join,signal-address,signal-port,c-flag,checksum-one-side"
 
@@ -30,6 +32,7 @@ def main() -> int:
     parser.add_argument("--guest", default="linux-6.1")
     parser.add_argument("--scenarios", default=SCENARIOS)
     parser.add_argument("--results", type=Path, default=None, help="where the matrix archive goes (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="also write the figures to this file (bench/run_all.py)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("guest_reuse: needs root (namespaces, TAP devices)", file=sys.stderr)
@@ -55,6 +58,7 @@ def main() -> int:
     first = guest_cells[0]["scenario"]
     print(f"{'scenario':<20} {'host s':>7} {args.guest + ' s':>13} {'extra s':>8}  verdicts")
     extra = []
+    table = []
     for scenario in dict.fromkeys(c["scenario"] for c in ran):
         host, guest = seconds.get((scenario, "host")), seconds.get((scenario, args.guest))
         verdicts = "/".join(cells[f"{scenario}/{client}/host"]["verdict"] for client in ("host", args.guest)
@@ -64,6 +68,8 @@ def main() -> int:
             extra.append(guest - host)
         print(f"{scenario:<20} {host or float('nan'):7.2f} {guest or float('nan'):13.2f} "
               f"{(guest or 0) - (host or 0):8.2f}  {verdicts}{note}")
+        table.append([scenario, f"{host or float('nan'):.2f}", f"{guest or float('nan'):.2f}",
+                      f"{(guest or 0) - (host or 0):.2f}", verdicts + note])
     reused = [seconds[(c["scenario"], args.guest)] for c in guest_cells[1:]]
     hosts = [s for (_, client), s in seconds.items() if client == "host"]
     stats = manifest.get("guests", {})
@@ -74,6 +80,16 @@ def main() -> int:
               f"{statistics.median(reused):.2f} s; the guest adds a median {statistics.median(extra):.2f} s per cell "
               f"({len(extra)} scenarios)" if extra else "")
     print(f"archive: {run_dir}")
+    notes = [f"guests: booted {stats.get('booted')}, lent {stats.get('lent')}, reused {stats.get('reused')}, "
+             f"boot {stats.get('boot_seconds')} s"]
+    if reused and hosts and extra:
+        notes.append(f"median cell: host {statistics.median(hosts):.2f} s, reused {args.guest} guest "
+                     f"{statistics.median(reused):.2f} s; the guest adds a median {statistics.median(extra):.2f} s "
+                     f"per cell (target <= 1.5 s)")
+    benchjson.write(args.json, "guest_reuse", [benchjson.table(
+        f"matrix cells, host and a reused {args.guest} guest client", ["scenario", "host s", f"{args.guest} s",
+                                                                       "extra s", "verdicts"], table)],
+        notes=notes, figures={"extra_s": extra, "reused_s": reused, "host_s": hosts, "guests": stats})
     return 0
 
 

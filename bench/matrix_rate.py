@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchjson
+
 HERE = Path(__file__).resolve().parent
 SUITE = HERE.parent / "experiments" / "suites" / "hackathon.yaml"
 
@@ -48,6 +50,7 @@ def main() -> int:
     ap.add_argument("--jobs", default="1,2", help="comma-separated --jobs values (default 1,2)")
     ap.add_argument("--scenarios", help="a subset of the suite's scenarios (default: all)")
     ap.add_argument("--suite", type=Path, default=SUITE)
+    ap.add_argument("--json", default=None, help="also write the figures to this file (bench/run_all.py)")
     args = ap.parse_args()
     results = Path(tempfile.mkdtemp(prefix="testbed-matrix-bench-"))
     try:
@@ -60,8 +63,17 @@ def main() -> int:
         verdicts = ", ".join(f"{n} {v}" for v, n in r["summary"].items() if n)
         print(f"{r['jobs']:>4} {r['cells']:>5} {r['wall']:>8.1f} {r['per_minute']:>9.1f} {r['median_cell']:>13.1f}  "
               f"{r['slowest'][1]} ({r['slowest'][0]:.1f} s)    {verdicts}")
+    notes = []
     if len(rows) > 1 and rows[0]["wall"]:
-        print(f"speed-up --jobs {rows[-1]['jobs']} over --jobs {rows[0]['jobs']}: {rows[0]['wall'] / rows[-1]['wall']:.2f}x")
+        notes.append(f"speed-up --jobs {rows[-1]['jobs']} over --jobs {rows[0]['jobs']}: "
+                     f"{rows[0]['wall'] / rows[-1]['wall']:.2f}x")
+        print(notes[-1])
+    benchjson.write(args.json, "matrix_rate", [benchjson.table(
+        f"host × host cells of {args.suite.name}" + (f" ({args.scenarios})" if args.scenarios else ""),
+        ["jobs", "cells", "wall s", "cells/min", "median cell s", "slowest cell", "verdicts"],
+        [[r["jobs"], r["cells"], f"{r['wall']:.1f}", f"{r['per_minute']:.1f}", f"{r['median_cell']:.1f}",
+          f"{r['slowest'][1]} ({r['slowest'][0]:.1f} s)", ", ".join(f"{n} {v}" for v, n in r["summary"].items() if n)]
+         for r in rows])], notes=notes, figures={"runs": rows})
     return 0
 
 

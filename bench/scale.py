@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchjson
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TTL_REACH = 250
@@ -116,6 +118,7 @@ def main() -> int:
     ap.add_argument("--no-mininet", action="store_true", help="skip the plain-Mininet reference")
     ap.add_argument("--testbed", default=str(Path(sys.executable).with_name("testbed")),
                     help="the testbed executable to measure (e.g. another checkout's, for before/after)")
+    ap.add_argument("--json", default=None, help="also write the figures to this file (bench/run_all.py)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/scale.py needs root (network namespaces)", file=sys.stderr)
@@ -125,6 +128,7 @@ def main() -> int:
     print(f"{'topology':8} {'N':>5} {'nodes':>5} {'dl':>3} {'network':>8} {'stacks':>7} {'shaping':>8} "
           f"{'teardown':>8} {'set+tear':>8} {'per node':>9} {'wall':>7} {'RSS MB':>7} {'result':>9} | "
           f"{'mininet up':>10} {'stop':>6} {'RSS MB':>7}")
+    table = []
     for kind in args.topologies.split(","):
         for n in sizes:
             exp, params, nodes, lines = experiment(kind, n, args.max_delay_lines, work)
@@ -155,8 +159,17 @@ def main() -> int:
                 except (ValueError, IndexError):
                     row += f" mininet failed ({mcode}): {merr.strip()[-80:]}"
             print(row, flush=True)
-    print("(dl: delay-line processes; set+tear: network + stacks + shaping + teardown; per node: that / nodes; "
-          "wall: the whole `testbed run`, loading and archiving included; RSS: peak of the process)")
+            table.append([kind, n, nodes, lines, *(f"{t.get(k, 0):.2f}" for k in ("network", "stacks", "shaping",
+                                                                                 "teardown")),
+                          f"{setup:.2f}", f"{1000 * setup / nodes:.1f} ms", f"{wall:.1f}", f"{rss / 1024:.0f}",
+                          result, row.split("|", 1)[1].strip() or "—"])
+    legend = ("dl: delay-line processes; set+tear: network + stacks + shaping + teardown; per node: that / nodes; "
+              "wall: the whole `testbed run`, loading and archiving included; RSS: peak of the process")
+    print(f"({legend})")
+    benchjson.write(args.json, "scale", [benchjson.table(
+        "testbed run set-up and teardown (s), and plain Mininet's bring-up of the same nodes",
+        ["topology", "N", "nodes", "dl", "network", "stacks", "shaping", "teardown", "set+tear", "per node",
+         "wall", "RSS MB", "result", "Mininet up, stop, RSS MB"], table)], notes=[legend])
     subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
 
