@@ -423,6 +423,23 @@ def row_base(r: Runner, backend: str, image: str, quick: bool) -> Row:
     return row
 
 
+def stalls_longer_than_queue(backend: str, base: Row | None, kind: str, value: Any) -> str | None:
+    """Why a guest cannot keep a shaped link busy: it stalls (its unshaped RTT p95) for longer than
+    the link's queue takes to drain, so the link idles for reasons that are not the shaper's."""
+    if backend != "guest" or base is None or kind not in ("rate", "aggregate") or "p95_ms" not in base.figures:
+        return None
+    from testbed.emulation.shaping import PACKET_BYTES, bdp_packets
+
+    rates = [value * 1e6] if kind == "rate" else [v * 1e6 for v in value]
+    delay = 0.0 if kind == "rate" else 0.005
+    drain_ms = min(1000 * bdp_packets(rate, delay) * PACKET_BYTES * 8 / rate for rate in rates)
+    stall_ms = base.figures["p95_ms"]
+    if stall_ms <= drain_ms:
+        return None
+    return (f"the emulated guest stalls ~{stall_ms:.0f} ms (unshaped RTT p95), longer than the "
+            f"{drain_ms:.0f} ms its link's queue drains in")
+
+
 def measure(r: Runner, backend: str, image: str, kind: str, value: Any, quick: bool) -> Row:
     if kind == "base":
         return row_base(r, backend, image, quick)
@@ -473,18 +490,24 @@ def main() -> int:
         for backend in backends:
             why = unavailable(backend, args.guest_image)
             floor: str | None = None  # why timing rows cannot be judged: the unshaped path is too noisy
+            base: Row | None = None
             for kind, value in plan(kinds, backend, args.quick):
                 start = time.monotonic()
                 if why:
                     row = Row(backend, kind, describe(kind, value), verdict=f"n/a ({why})")
                 else:
                     row = measure(runner, backend, args.guest_image, kind, value, args.quick)
+                if kind == "base":
+                    base = row
                 if kind == "base" and row.figures.get("p95_ms", 0) - row.figures.get("median_ms", 0) > 1.0:
                     floor = (f"unshaped RTT already varies by {row.figures['p95_ms'] - row.figures['median_ms']:.1f} ms "
                              "(p95 - median), more than the 1 ms tolerance"
                              + (": an emulated guest's own latency" if backend == "guest" else ""))
                 if floor and kind in ("rtt", "jitter") and row.verdict in ("pass", "FAIL"):
                     row.verdict = f"n/a ({floor}; measured {row.verdict})"
+                stall = stalls_longer_than_queue(backend, base, kind, value)
+                if stall and row.verdict == "FAIL":
+                    row.verdict = f"n/a ({stall}; measured FAIL)"
                 row.seconds = time.monotonic() - start
                 rows.append(row)
                 print(f"{row.backend:8} {row.kind:9} {row.configured:26.26} {row.target:38.38} {row.verdict:7}  "
@@ -496,7 +519,8 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     passed = sum(r.verdict == "pass" for r in rows)
     failed = sum(r.verdict == "FAIL" for r in rows)
-    other = len(rows) - passed - failed
+    info = sum(r.verdict == "info" for r in rows)
+    other = len(rows) - passed - failed - info
     print(f"{passed} pass, {failed} fail, {other} n/a or error" + (" (quick)" if args.quick else ""))
     guest_note = (f"guest: the client is a {args.guest_image} QEMU guest (TCG here: emulated, so its own "
                   "processing adds to RTT and limits rate)")
