@@ -34,7 +34,7 @@ test: deps
 images: deps
 	$(PY) -m testbed images
 
-# Every bench at a quick size (about 25 min on 2 cores), each under a time limit, figures into
+# Every bench at a quick size (15-25 min on 2 cores), each under a time limit, figures into
 # bench/RESULTS.md (its hand-written part kept); BENCH=full for the big sizes.
 BENCH ?= quick
 bench: deps

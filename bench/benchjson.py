@@ -34,7 +34,11 @@ def write(path: str | Path | None, bench: str, tables: list[dict[str, Any]], not
     """Write the bench's result to `path` (nothing when None). `figures`: raw numbers, for machines."""
     if path is None:
         return
-    data = {"schema": SCHEMA, "bench": bench, "argv": sys.argv[1:],
+    argv = sys.argv[1:]
+    if "--json" in argv:  # where the result went is no part of how it was measured
+        i = argv.index("--json")
+        argv = argv[:i] + argv[i + 2:]
+    data = {"schema": SCHEMA, "bench": bench, "argv": argv,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tables": tables, "notes": list(notes or []), "figures": figures or {}}
     Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -42,10 +42,10 @@ BENCHES = (
     Bench("matrix_rate", ("--jobs", "1,2", "--scenarios", "basic-handshake,tcp-client,subflow-join,signal-address"),
           ("--jobs", "1,2"), 300, 1800),
     Bench("guest_boot", ("--runs", "2"), ("--runs", "3"), 240, 400),
-    Bench("guest_reuse", ("--scenarios", "basic-handshake,tcp-client,subflow-join,signal-address"), (), 400, 900),
+    Bench("guest_reuse", ("--scenarios", "basic-handshake,tcp-client,subflow-join,signal-address"), (), 600, 1200),
     Bench("agent_start", (), (), 240, 400),
     Bench("scale", ("--sizes", "10,100"), ("--sizes", "10,100,1000"), 400, 1800),
-    Bench("shaping_fidelity", ("--quick",), (), 900, 1800),
+    Bench("shaping_fidelity", ("--quick",), (), 1200, 2400),
 )
 
 

@@ -177,6 +177,7 @@ def test_run_bench_runs_a_real_script_with_and_without_json(tmp_path: Path) -> N
     got = run_all.run_bench(bench, "quick", tmp_path, script=with_json)
     assert got.code == 0 and got.data is not None
     assert got.data["tables"][0]["rows"] == [[bench.quick[1]]]
+    assert got.data["argv"] == list(bench.quick)  # the result file's path is not part of the command
     got = run_all.run_bench(bench, "quick", tmp_path, script=plain)
     assert got.code == 0 and got.data is None
     assert "figure: ['--runs', '3']" in got.tail
