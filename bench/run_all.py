@@ -56,6 +56,8 @@ class Outcome:
     seconds: float
     data: dict[str, Any] | None
     tail: str  # the end of its output, for a bench that left no JSON
+    finished: str = ""  # UTC
+    load: list[float] | None = None  # load average when it finished
 
 
 def machine() -> dict[str, Any]:
@@ -127,7 +129,8 @@ def run_bench(bench: Bench, mode: str, work: Path, python: str = sys.executable,
     data = json.loads(out.read_text()) if out.exists() else None
     lines = log.read_text(errors="replace").strip().splitlines()
     tail = "\n".join(lines[-3:] if data is not None or code != 0 or takes_json else lines[-40:])
-    return Outcome(bench, code, seconds, data, tail)
+    return Outcome(bench, code, seconds, data, tail, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   [round(x, 2) for x in os.getloadavg()])
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -153,8 +156,50 @@ def markdown_table(t: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(outcomes: list[Outcome], info: dict[str, Any], mode: str, started: str, finished: str) -> str:
-    """The generated part of RESULTS.md (markers included)."""
+def section_markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+
+
+def render_section(o: Outcome, mode: str) -> str:
+    """One bench's part: when and at which load it ran, its command, tables and notes."""
+    status = "timed out" if o.code is None else ("ok" if o.code == 0 else f"exit {o.code}")
+    begin, end = section_markers(o.bench.name)
+    lines = [begin, f"### {o.bench.name} ({status}, {o.seconds:.0f} s)", ""]
+    lines.append(f"{mode} size, finished {o.finished}" + (f", load average {' / '.join(map(str, o.load))}"
+                                                          if o.load else "") + ".")
+    lines.append("")
+    if o.data is None and o.code == 0 and o.tail.strip():  # no --json: its own printout
+        lines += ["```", *o.tail.splitlines(), "```", ""]
+    elif o.data is None:
+        reason = o.tail.strip().splitlines()[-1] if o.tail.strip() else "no output"
+        lines += [f"No result: {reason}", ""]
+    else:
+        lines += [f"`bench/{o.bench.name}.py {' '.join(o.data.get('argv', []))}`", ""]
+        for t in o.data.get("tables", []):
+            if t.get("title"):
+                lines += [f"{t['title']}:", ""]
+            lines += [*markdown_table(t), ""]
+        lines += [f"- {note}" for note in o.data.get("notes", [])]
+        if o.data.get("notes"):
+            lines.append("")
+    lines.append(end)
+    return "\n".join(lines)
+
+
+def previous_sections(existing: str) -> dict[str, str]:
+    """The bench sections already in a RESULTS.md, by bench name (kept by a run of only some benches)."""
+    found = {}
+    for bench in BENCHES:
+        begin, end = section_markers(bench.name)
+        if begin in existing and end in existing.split(begin, 1)[1]:
+            found[bench.name] = begin + existing.split(begin, 1)[1].split(end, 1)[0] + end
+    return found
+
+
+def render(outcomes: list[Outcome], info: dict[str, Any], mode: str, started: str, finished: str,
+           previous: dict[str, str] | None = None) -> str:
+    """The generated part of RESULTS.md (markers included); `previous` sections stand in for benches
+    that did not run this time."""
     lines = [BEGIN, f"## Latest `make bench` ({mode}), {started} – {finished}", ""]
     lines.append(f"Machine: {info.get('distro', '?')}, kernel {info.get('kernel', '?')}, {info.get('cpus', '?')} CPUs "
                  f"({info.get('cpu_model', '?')}), {info.get('memory_gib', '?')} GiB memory"
@@ -165,25 +210,12 @@ def render(outcomes: list[Outcome], info: dict[str, Any], mode: str, started: st
     if mode != "full":
         lines.append("Quick sizes (`make bench`); `make bench BENCH=full` runs the big ones.")
     lines.append("")
-    for o in outcomes:
-        status = "timed out" if o.code is None else ("ok" if o.code == 0 else f"exit {o.code}")
-        lines.append(f"### {o.bench.name} ({status}, {o.seconds:.0f} s)")
-        lines.append("")
-        if o.data is None and o.code == 0 and o.tail.strip():  # no --json: its own printout
-            lines += ["```", *o.tail.splitlines(), "```", ""]
-            continue
-        if o.data is None:
-            reason = o.tail.strip().splitlines()[-1] if o.tail.strip() else "no output"
-            lines += [f"No result: {reason}", ""]
-            continue
-        lines += [f"`bench/{o.bench.name}.py {' '.join(o.data.get('argv', []))}`", ""]
-        for t in o.data.get("tables", []):
-            if t.get("title"):
-                lines += [f"{t['title']}:", ""]
-            lines += [*markdown_table(t), ""]
-        lines += [f"- {note}" for note in o.data.get("notes", [])]
-        if o.data.get("notes"):
-            lines.append("")
+    ran = {o.bench.name: o for o in outcomes}
+    for bench in BENCHES:
+        if bench.name in ran:
+            lines += [render_section(ran[bench.name], mode), ""]
+        elif previous and bench.name in previous:
+            lines += [previous[bench.name], ""]
     lines.append(END)
     return "\n".join(lines) + "\n"
 
@@ -223,7 +255,9 @@ def main() -> int:
             outcomes.append(run_bench(bench, args.mode, Path(tmp)))
     finished = time.strftime("%H:%M UTC", time.gmtime())
     existing = args.out.read_text(encoding="utf-8") if args.out.exists() else "# Benchmark results\n"
-    args.out.write_text(splice(existing, render(outcomes, info, args.mode, started, finished)), encoding="utf-8")
+    previous = previous_sections(existing) if names else None  # --only: the other benches' figures stay
+    args.out.write_text(splice(existing, render(outcomes, info, args.mode, started, finished, previous)),
+                        encoding="utf-8")
     print(f"wrote {args.out}")
     # a bench whose figures miss a target still produced figures; one with none did not run
     return 0 if all(o.code is not None and (o.data is not None or o.code == 0) for o in outcomes) else 1

@@ -182,3 +182,17 @@ def test_run_bench_runs_a_real_script_with_and_without_json(tmp_path: Path) -> N
     assert got.code == 0 and got.data is None
     assert "figure: ['--runs', '3']" in got.tail
     assert "figure:" in run_all.render([got], run_all.machine(), "quick", "d", "e")
+
+
+def test_a_run_of_some_benches_keeps_the_other_benches_sections(tmp_path: Path) -> None:
+    info = run_all.machine()
+    text = run_all.splice(HAND_WRITTEN, run_all.render([_outcome(tmp_path, "scale", [["x", 1.0]]),
+                                                        _outcome(tmp_path, "guest_boot", [["g", 3.0]])],
+                                                       info, "quick", "d1", "e1"))
+    previous = run_all.previous_sections(text)
+    assert set(previous) == {"scale", "guest_boot"}
+    again = run_all.splice(text, run_all.render([_outcome(tmp_path, "scale", [["y", 2.0]])], info, "quick", "d2",
+                                                "e2", previous))
+    assert "| y | 2 |" in again and "| x | 1 |" not in again
+    assert previous["guest_boot"] in again  # not run this time: kept as it was
+    assert again.index("### guest_boot") < again.index("### scale")  # in BENCHES order
