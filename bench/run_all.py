@@ -200,7 +200,11 @@ def render(outcomes: list[Outcome], info: dict[str, Any], mode: str, started: st
            previous: dict[str, str] | None = None) -> str:
     """The generated part of RESULTS.md (markers included); `previous` sections stand in for benches
     that did not run this time."""
-    lines = [BEGIN, f"## Latest `make bench` ({mode}), {started} – {finished}", ""]
+    title = f"## Latest `make bench` ({mode}), {started} – {finished}"
+    if previous is not None:
+        title = (f"## Latest `make bench` results (this update, {started} – {finished}: "
+                 f"{', '.join(o.bench.name for o in outcomes)}; each section says when it ran)")
+    lines = [BEGIN, title, ""]
     lines.append(f"Machine: {info.get('distro', '?')}, kernel {info.get('kernel', '?')}, {info.get('cpus', '?')} CPUs "
                  f"({info.get('cpu_model', '?')}), {info.get('memory_gib', '?')} GiB memory"
                  + (f"; load average {' / '.join(map(str, info['load']))} at the start" if info.get("load") else "")
