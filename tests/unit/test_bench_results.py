@@ -196,3 +196,22 @@ def test_a_run_of_some_benches_keeps_the_other_benches_sections(tmp_path: Path) 
     assert "| y | 2 |" in again and "| x | 1 |" not in again
     assert previous["guest_boot"] in again  # not run this time: kept as it was
     assert again.index("### guest_boot") < again.index("### scale")  # in BENCHES order
+
+
+def test_plan_puts_the_reference_first_and_cuts_guest_rows_in_quick_mode() -> None:
+    full = sf.plan(list(sf.ROWS))
+    assert full[0] == ("base", None)
+    assert len(full) == 1 + 3 + 3 + 3 + 1 + 3
+    quick_guest = sf.plan(list(sf.ROWS), "guest", quick=True)
+    assert [k for k, _ in quick_guest] == ["base", "rtt", "loss", "rate", "aggregate"]
+    assert sf.plan(["loss"], "fallback", quick=True) == [("loss", 1.0), ("loss", 5.0), ("loss", 20.0)]
+
+
+def test_a_guest_row_is_not_judged_when_the_guest_stalls_longer_than_its_queue_drains() -> None:
+    base = sf.Row("guest", "base", "unshaped", figures={"median_ms": 1.5, "p95_ms": 48.0})
+    # 10 Mbit/s, queue of 10 packets: 12 ms to drain, less than a 48 ms stall
+    assert "stalls" in (sf.stalls_longer_than_queue("guest", base, "rate", 10) or "")
+    # 1 Mbit/s: 120 ms of queue outlasts the stall, so the row is judged
+    assert sf.stalls_longer_than_queue("guest", base, "rate", 1) is None
+    assert sf.stalls_longer_than_queue("fallback", base, "rate", 10) is None
+    assert sf.tolerance_ms("rtt", 200) == pytest.approx(10.0) and sf.tolerance_ms("rtt", 10) == 1.0
