@@ -118,6 +118,15 @@ def pids_in_namespaces(namespaces: set[str]) -> list[int]:
     return found
 
 
+def anchored_namespaces(namespaces: list[str], live: list[dict]) -> set[str]:
+    """Those of `namespaces` that are still ours: a recorded process (same pid and start time) is
+    still in it. An inode alone is not enough: the kernel gives a freed namespace's inode number to
+    the next one made, and with runs side by side that is another run's node, whose processes a
+    sweep by inode would kill (seen: a concurrent run's delay lines killed 0.3 s after they started)."""
+    wanted = set(namespaces)
+    return {ns for p in live if (ns := netns_inode(p["pid"])) in wanted}
+
+
 def kill_all(pids: list[int], grace: float = 1.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -144,11 +153,10 @@ def sweep(state: RunState) -> dict[str, int]:
     """Remove everything `state` lists: processes (and all others in our namespaces), then links."""
     import subprocess
 
-    namespaces = set(state.namespaces)
+    live = [p for p in state.processes if proc_start_time(p["pid"]) == p["start"]]
+    namespaces = anchored_namespaces(state.namespaces, live)
     pids = set(pids_in_namespaces(namespaces)) if namespaces else set()
-    for proc in state.processes:
-        if proc_start_time(proc["pid"]) == proc["start"]:
-            pids.add(proc["pid"])
+    pids.update(p["pid"] for p in live)
     pids.discard(os.getpid())
     kill_all(sorted(pids))
     removed_links = 0
