@@ -212,7 +212,12 @@ def read_text(path: Path, display: str | None = None) -> str:
         raise SpecError([Problem(shown, None, None, "", "not a regular file")])
     lim = limits.current().max_file_bytes
     if size > lim:
-        raise SpecError([Problem(shown, None, None, "", limits.hit(
+        try:  # the line where the limit is passed: where a generated file went wrong, often
+            with path.open("rb") as f:
+                line = f.read(lim).count(b"\n") + 1
+        except OSError:
+            line = None
+        raise SpecError([Problem(shown, line, None, "", limits.hit(
             "max_file_bytes", f"file is {limits.size(size)}, more than {limits.size(lim)}"))])
     try:
         return path.read_text(encoding="utf-8")
