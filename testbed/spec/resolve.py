@@ -432,7 +432,14 @@ def _family_routes(topo: Topology, segments: list[Segment], interfaces: dict[str
     # a served network overlapping a link's subnet: merging could make two routes of the same prefix
     merge = not any(net.overlaps(seg_net) for net in served_nets for seg_net in _overlapping(spans, net, nets))
     bits = 32 if version == 4 else 128
-    make = IPv4Network if version == 4 else IPv6Network
+    network = IPv4Network if version == 4 else IPv6Network
+    made: dict[tuple[int, int], Any] = {}  # one object per prefix: ipaddress is slow to construct
+
+    def make(block: tuple[int, int]) -> Any:
+        net = made.get(block)
+        if net is None:
+            net = made[block] = network(block)
+        return net
 
     def search(start: int | None, first: list[tuple[int, str]], direct: bool) -> list[tuple[Any, Any, str]]:
         """(destination, gateway, out interface) of every network reachable from `first`; those
