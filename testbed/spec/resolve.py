@@ -441,10 +441,11 @@ def _family_routes(topo: Topology, segments: list[Segment], interfaces: dict[str
             net = made[block] = network(block)
         return net
 
-    def search(start: int | None, first: list[tuple[int, str]], direct: bool) -> list[tuple[Any, Any, str]]:
-        """(destination, gateway, out interface) of every network reachable from `first`; those
-        directly attached (gateway None) only if `direct`."""
-        label = [0] * len(segments)  # 0: not reached; k: through hops[k - 1]
+    def labels(start: int | None, first: list[tuple[int, str]]) -> tuple[list[int], list[tuple[Any, str]],
+                                                                          dict[Any, int]]:
+        """The search: per segment 0 (not reached) or k, reached through hops[k - 1] = (gateway,
+        out interface), gateway None where directly attached; and the same per served network."""
+        label = [0] * len(segments)
         hops: list[tuple[Any, str]] = []
         seen = bytearray(len(names))
         if start is not None:
@@ -473,6 +474,12 @@ def _family_routes(topo: Topology, segments: list[Segment], interfaces: dict[str
                         if not seen[nb]:
                             seen[nb] = 1
                             queue.append((nb, lab))
+        return label, hops, served_label
+
+    def search(start: int | None, first: list[tuple[int, str]], direct: bool) -> list[tuple[Any, Any, str]]:
+        """(destination, gateway, out interface) of every network reachable from `first`; those
+        directly attached (gateway None) only if `direct`."""
+        label, hops, served_label = labels(start, first)
         out_routes: list[tuple[Any, Any, str]] = []
         run_label, run_start, run_end = 0, 0, 0
         for lo, hi, seg in spans:
@@ -492,9 +499,51 @@ def _family_routes(topo: Topology, segments: list[Segment], interfaces: dict[str
                 out_routes.append((net, *hops[lab - 1]))
         return out_routes
 
+    reach: dict[int, tuple[list[tuple[int, int]], list[Any]]] = {}
+
+    def reached_from(f: int) -> tuple[list[tuple[int, int]], list[Any]]:
+        """Everything forwarder `f` reaches, its own segments included: address runs, served networks."""
+        if f not in reach:
+            label, _, served_label = labels(f, [(seg, "") for seg in node_segments[f]])
+            runs: list[tuple[int, int]] = []
+            for lo, hi, seg in spans:
+                if label[seg]:
+                    if runs and runs[-1][1] == lo:
+                        runs[-1] = (runs[-1][0], hi)
+                    else:
+                        runs.append((lo, hi))
+            served_here = dict.fromkeys([*extra[f], *served_label])
+            reach[f] = runs, sorted(served_here, key=str)
+        return reach[f]
+
+    def through_one(seg: int, out: str, direct: bool) -> list[tuple[Any, Any, str]]:
+        """A host's search through one segment with one forwarder on it: everything that forwarder
+        reaches but this segment goes through it. One search per forwarder, not per host: a
+        router with 1000 single-homed hosts would otherwise search 1000 times."""
+        (f, gw), = attached[seg]
+        runs, served_here = reached_from(f)
+        lo, hi = seg_span[seg]
+        i = bisect.bisect_right(runs, (lo, float("inf"))) - 1
+        if i >= 0 and runs[i][0] <= lo < runs[i][1]:
+            runs = [*runs[:i], *((a, b) for a, b in ((runs[i][0], lo), (hi, runs[i][1])) if a < b), *runs[i + 1:]]
+        found: list[tuple[Any, Any, str]] = [(nets[seg], None, out)] if direct else []
+        for a, b in runs:
+            found += [(make(block), gw, out) for block in _run_blocks(a, b)]
+        return found + [(net, gw, out) for net in served_here]
+
+    run_blocks: dict[tuple[int, int], list[tuple[int, int]]] = {}
+
+    def _run_blocks(a: int, b: int) -> list[tuple[int, int]]:
+        if (a, b) not in run_blocks:
+            run_blocks[(a, b)] = _blocks(a, b, bits)
+        return run_blocks[(a, b)]
+
+    seg_span = {seg: (lo, hi) for lo, hi, seg in spans}
     shared: dict[tuple[Any, ...], list[tuple[Any, Any, str]]] = {}
 
     def host_search(first: list[tuple[int, str]], direct: bool) -> list[tuple[Any, Any, str]]:
+        if merge and len(first) == 1 and len(attached[first[0][0]]) == 1:
+            return through_one(*first[0], direct)
         key = (*first, direct)
         if key not in shared:
             shared[key] = search(None, first, direct)
