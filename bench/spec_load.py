@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import benchjson  # bench/ is on sys.path: this script's own directory
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
@@ -63,7 +65,9 @@ def main() -> int:
     ap.add_argument("--sizes", default="100,1000,3000")
     ap.add_argument("--topologies", default="chain,star")
     ap.add_argument("--root", default=str(ROOT), help="checkout whose testbed is measured")
+    ap.add_argument("--json", help="also write the figures here (bench/benchjson.py), for bench/run_all.py")
     args = ap.parse_args()
+    rows: list[list[object]] = []
     phases = ("render", "parse", "validate", "resolve")
     print(f"{'topology':8} {'N':>5} {'nodes':>5} " + " ".join(f"{p:>13}" for p in phases)
           + f" {'total':>13} {'routes':>8} {'RSS MB':>7}")
@@ -75,12 +79,18 @@ def main() -> int:
                 print(f"{kind:8} {n:>5} failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:100]}")
                 continue
             m = json.loads(r.stdout.strip().splitlines()[-1])
+            rows.append([kind, n, m["nodes"], *(f"{m[p][1]:.2f} ({m[p][0]:.2f})" for p in phases),
+                         f"{sum(m[p][1] for p in phases):.2f}", m["routes"], round(m["rss"])])
             cells = [f"{m[p][1]:>5.2f} ({m[p][0]:>5.2f})" for p in phases]
             total = (sum(m[p][0] for p in phases), sum(m[p][1] for p in phases))
             print(f"{kind:8} {n:>5} {m['nodes']:>5} " + " ".join(cells)
                   + f" {total[1]:>5.2f} ({total[0]:>5.2f}) {m['routes']:>8} {m['rss']:>7.0f}", flush=True)
-    print("(CPU seconds, the rendering child's included, wall in brackets; routes: resolved, all nodes "
-          "and tables; RSS: peak of the process)")
+    note = ("CPU seconds, the rendering child's included, wall in brackets; routes: resolved, all nodes "
+            "and tables; RSS: peak of the process")
+    print(f"({note})")
+    benchjson.write(args.json, "spec_load", [benchjson.table(
+        "Loading a topology: render, parse, validate, resolve",
+        ["topology", "N", "nodes", *phases, "total CPU s", "routes", "RSS MB"], rows)], [note])
     return 0
 
 
