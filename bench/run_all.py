@@ -45,6 +45,7 @@ BENCHES = (
     Bench("guest_reuse", ("--scenarios", "basic-handshake,tcp-client,subflow-join,signal-address"), (), 600, 1200),
     Bench("agent_start", (), (), 240, 400),
     Bench("scale", ("--sizes", "10,100"), ("--sizes", "10,100,1000"), 400, 1800),
+    Bench("spec_load", ("--sizes", "1000"), ("--sizes", "1000,3000"), 300, 900),
     Bench("shaping_fidelity", ("--quick",), (), 1200, 2400),
 )
 

@@ -21,12 +21,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from testbed.spec.limits import Limits, hit, size
 
 GRACE = 1.0  # seconds the child gets past its own deadline before it is killed from outside
 _BLOCK_OPENERS = {"if", "for", "macro", "call", "filter", "block", "with", "raw", "autoescape", "trans"}
+_FRAMES = {"macro", "call", "block"}  # compiled to a Python function of their own
 
 
 class Deadline(Exception):
@@ -161,11 +163,25 @@ def _cap_memory(extra: int) -> None:  # pragma: no cover - runs in the child
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 
 
-def deepest_line(tokens: Iterator[tuple[int, str, str]]) -> tuple[int, int]:
-    """(depth, line) of the deepest nesting of blocks and brackets in a lexed template, found
-    without recursion, for when Jinja2's recursive parser cannot get that far."""
-    depth = best = 0
-    line = 1
+@dataclass
+class Nesting:
+    """How deep a template nests, each deepest point with its line (template body lines, 1-based)."""
+
+    blocks: int = 0  # block tags inside one another: {% if %}, {% for %}, {% macro %}, ...
+    blocks_line: int = 1
+    loops: int = 0  # {% for %} inside one another within one macro (or the template's own body)
+    loops_line: int = 1
+    total: int = 0  # blocks and brackets: what Jinja2's recursive parser descends through
+    total_line: int = 1
+
+
+def nesting(tokens: Iterator[tuple[int, str, str]]) -> Nesting:
+    """The nesting of a lexed template, found without recursion (Jinja2's parser and Python's
+    compiler recurse per level and have fixed bounds; this is how a limit is checked before them)."""
+    out = Nesting()
+    stack: list[str] = []  # open block tags
+    loops = [0]  # for loops open per function frame: a macro, a call block or a block is its own
+    brackets = 0
     after_block_begin = False
     for lineno, kind, value in tokens:
         if kind == "whitespace":
@@ -175,14 +191,27 @@ def deepest_line(tokens: Iterator[tuple[int, str, str]]) -> tuple[int, int]:
             continue
         if after_block_begin and kind == "name":
             if value in _BLOCK_OPENERS:
-                depth += 1
-            elif value.startswith("end"):
-                depth -= 1
+                stack.append(value)
+                if value in _FRAMES:
+                    loops.append(0)
+                elif value == "for":
+                    loops[-1] += 1
+            elif value.startswith("end") and stack and value == "end" + stack[-1]:
+                # only the tag that is open: `{% set x %}...{% endset %}` opened nothing counted
+                closed = stack.pop()
+                if closed in _FRAMES and len(loops) > 1:
+                    loops.pop()
+                elif closed == "for":
+                    loops[-1] -= 1
         after_block_begin = False
         if kind == "operator" and value in "([{":
-            depth += 1
+            brackets += 1
         elif kind == "operator" and value in ")]}":
-            depth -= 1
-        if depth > best:
-            best, line = depth, lineno
-    return best, line
+            brackets -= 1
+        if len(stack) > out.blocks:
+            out.blocks, out.blocks_line = len(stack), lineno
+        if loops[-1] > out.loops:
+            out.loops, out.loops_line = loops[-1], lineno
+        if len(stack) + brackets > out.total:
+            out.total, out.total_line = len(stack) + brackets, lineno
+    return out

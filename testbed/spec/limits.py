@@ -27,8 +27,15 @@ class Limits:
     max_render_bytes: int = 4 << 20  # what one template may produce
     max_render_seconds: float = 10.0  # wall time of one template's rendering
     max_render_memory: int = 1 << 30  # address space the template engine may add while rendering
-    max_template_recursion: int = 1000  # Python frames the template engine may nest (macros, blocks)
+    max_template_recursion: int = 1000  # Python frames the template engine may nest (macros, includes)
+    max_template_nesting: int = 64  # block tags ({% if %}, {% for %}, ...) inside one another
+    max_template_loops: int = 20  # {% for %} loops inside one another (in one macro)
     max_set_bytes: int = 64 << 10  # one --set / topology.set value
+
+
+# Python's compiler, which runs every template, has fixed bounds of its own: at most 20 loops nested
+# in one function ("too many statically nested blocks") and about 100 levels of indentation in all.
+CEILINGS = {"max_template_loops": 20, "max_template_nesting": 96}
 
 
 def current() -> Limits:
@@ -53,6 +60,10 @@ def current() -> Limits:
             continue
         if number <= 0:
             problems.append(Problem(ENV, None, None, name, "must be positive"))
+            continue
+        if name in CEILINGS and number > CEILINGS[name]:
+            problems.append(Problem(ENV, None, None, name, f"at most {CEILINGS[name]}: Python's compiler, "
+                                                           "which runs every template, takes no more"))
             continue
         changes[name] = number
     if problems:

@@ -6,7 +6,8 @@ reported here, all at once, with the positions of the offending fields.
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
@@ -178,6 +179,7 @@ def resolve(topo: Topology, doc: Document | None = None) -> Resolved:
         link_segment.append(seg)
 
     # Interfaces, named where left out.
+    next_eth: dict[str, int] = {}
     for li, link in enumerate(topo.links):
         ends = link.endpoints
         made: list[Interface | None] = []
@@ -188,10 +190,11 @@ def resolve(topo: Topology, doc: Document | None = None) -> Resolved:
                 continue
             name = end.interface
             if not name:
-                i = 0
+                i = next_eth.get(end.node, 0)  # names only ever get taken: start where the last one was
                 while f"eth{i}" in used_names[end.node]:
                     i += 1
                 name = f"eth{i}"
+                next_eth[end.node] = i + 1
                 used_names[end.node].add(name)
             intf = Interface(end.node, name, link_segment[li], li, forward=(ei == 0), address=end.address,
                              address6=end.address6)
@@ -257,14 +260,13 @@ def _assign_subnets6(topo: Topology, segments: list[Segment], problem) -> None:
     if prefix < pool.prefixlen:
         problem(("addressing", "prefix6"), f"/{prefix} is larger than the pool {pool}")
         return
-    taken = [s.subnet6 for s in segments if s.subnet6 is not None]
-    free = (n for n in pool.subnets(new_prefix=prefix) if not any(n.overlaps(t) for t in taken))
-    for seg in segments:
-        if seg.has("ipv6") and seg.subnet6 is None:
-            seg.subnet6 = next(free, None)
-            if seg.subnet6 is None:
-                problem(("addressing", "ipv6"), f"pool {pool} has no /{prefix} left")
-                return
+    wanted = [seg for seg in segments if seg.has("ipv6") and seg.subnet6 is None]
+    free = _free_subnets(pool, prefix, [s.subnet6 for s in segments if s.subnet6 is not None])
+    for seg in wanted:
+        seg.subnet6 = next(free, None)
+        if seg.subnet6 is None:
+            problem(("addressing", "ipv6"), _exhausted(pool, prefix, len(wanted), "prefix6"))
+            return
 
 
 def _assign_addresses6(segments: list[Segment], interfaces: dict[str, list[Interface]], problem) -> None:
@@ -303,33 +305,62 @@ def _at(doc: Document, loc: tuple[str | int, ...]):
 
 
 def _assign_subnets(topo: Topology, segments: list[Segment], problem) -> None:
-    taken = [s.subnet for s in segments if s.subnet is not None]
     pool = topo.addressing.ipv4
-    if topo.addressing.prefix < pool.prefixlen:
-        problem(("addressing", "prefix"), f"/{topo.addressing.prefix} is larger than the pool {pool}")
+    prefix = topo.addressing.prefix
+    if prefix < pool.prefixlen:
+        problem(("addressing", "prefix"), f"/{prefix} is larger than the pool {pool}")
         return
-    free = (n for n in pool.subnets(new_prefix=topo.addressing.prefix) if not any(n.overlaps(t) for t in taken))
-    for i, seg in enumerate(segments):
-        if not seg.has("ipv4"):
-            continue
-        for j in range(i):
-            other = segments[j].subnet
-            if seg.subnet is not None and other is not None and seg.subnet.overlaps(other):
-                problem(("links", seg.links[0], "subnet"), f"{seg.subnet} overlaps {other}")
+    given = [seg for seg in segments if seg.has("ipv4") and seg.subnet is not None]
+    # sorted by first address, a subnet overlaps an earlier one only if it starts before the
+    # furthest end so far: n log n, where comparing every pair was quadratic in links
+    furthest: tuple[int, Segment] | None = None
+    for seg in sorted(given, key=lambda g: (int(g.subnet.network_address), g.index)):  # type: ignore[union-attr]
+        net = seg.subnet
+        assert net is not None
+        if furthest is not None and int(net.network_address) <= furthest[0]:
+            first, later = sorted((seg, furthest[1]), key=lambda g: g.index)
+            problem(("links", later.links[0], "subnet"), f"{later.subnet} overlaps {first.subnet}")
+        if furthest is None or int(net.broadcast_address) > furthest[0]:
+            furthest = (int(net.broadcast_address), seg)
+    wanted = [seg for seg in segments if seg.has("ipv4") and seg.subnet is None]
+    free = _free_subnets(pool, prefix, [s.subnet for s in segments if s.subnet is not None])
+    for seg in wanted:
+        seg.subnet = next(free, None)
         if seg.subnet is None:
-            seg.subnet = next(free, None)
-            if seg.subnet is None:
-                problem(("addressing", "ipv4"), f"pool {pool} has no /{topo.addressing.prefix} left")
-                return
+            problem(("addressing", "ipv4"), _exhausted(pool, prefix, len(wanted), "prefix"))
+            return
+
+
+def _free_subnets(pool: Any, prefix: int, taken: list[Any]) -> Iterator[Any]:
+    """The /prefix subnets of `pool` in address order that overlap none of `taken`, in time linear
+    in what is handed out and taken (not their product)."""
+    size = 1 << (pool.max_prefixlen - prefix)
+    spans = sorted((int(t.network_address), int(t.broadcast_address) + 1) for t in taken)
+    make = type(pool)
+    start, end = int(pool.network_address), int(pool.broadcast_address) + 1
+    i = 0
+    while start + size <= end:
+        while i < len(spans) and spans[i][1] <= start:
+            i += 1
+        if i < len(spans) and spans[i][0] < start + size:
+            start = max(start + size, -(-spans[i][1] // size) * size)  # past it, aligned
+            continue
+        yield make((start, prefix))
+        start += size
+
+
+def _exhausted(pool: Any, prefix: int, wanted: int, prefix_field: str) -> str:
+    fits = 1 << (prefix - pool.prefixlen)
+    return (f"pool {pool} has no /{prefix} left: {wanted} links need a subnet of their own, it holds "
+            f"{fits}; give a larger pool or a longer addressing.{prefix_field}")
 
 
 def _assign_addresses(topo: Topology, segments: list[Segment], interfaces: dict[str, list[Interface]],
                       problem) -> None:
     by_ref = {(i.node, i.name): i for lst in interfaces.values() for i in lst}
     for seg in segments:
-        if not seg.has("ipv4"):
+        if not seg.has("ipv4") or seg.subnet is None:  # None: the pool ran out, already reported
             continue
-        assert seg.subnet is not None
         used: set[IPv4Address] = set()
         for node, name in seg.members:
             intf = by_ref[(node, name)]
@@ -374,54 +405,188 @@ def _routes(topo: Topology, segments: list[Segment], interfaces: dict[str, list[
 def _family_routes(topo: Topology, segments: list[Segment], interfaces: dict[str, list[Interface]],
                    served: dict[str, list[Any]], family: str, routes: dict[str, list[Route]],
                    rules: dict[str, list[SourceRule]]) -> None:
+    """One breadth-first search per router and per distinct way a host is attached, over integer
+    indices, each giving every segment a first hop; the segments are then walked in address order
+    and runs of adjacent subnets with the same first hop are merged into the fewest prefixes that
+    cover exactly them. A route per (node, segment) is quadratic: a 1000-router chain has 1M of
+    them, but only ~20 prefixes per router once merged. Hosts attached the same way (same segments
+    and interface names, as in a star) share one search: a host does not forward, so its search
+    does not depend on which host it is."""
     version = 4 if family == "ipv4" else 6
     own = {n: [i for i in lst if i.addr(family) is not None] for n, lst in interfaces.items()}
-    attached: dict[int, list[Interface]] = {s.index: [] for s in segments}
-    for lst in own.values():
-        for intf in lst:
-            attached[intf.segment].append(intf)
-    extra = {n: [net for net in nets if net.version == version] for n, nets in served.items()}
+    names = list(own)
+    forwards = [topo.nodes[n].kind not in ("host", "switch") for n in names]  # routers, network functions
+    attached: list[list[tuple[int, Any]]] = [[] for _ in segments]  # forwarders on a segment: (node, address)
+    node_segments: list[list[int]] = []
+    for k, name in enumerate(names):
+        node_segments.append([i.segment for i in own[name]])
+        if forwards[k]:
+            for intf in own[name]:
+                attached[intf.segment].append((k, intf.addr(family).ip))  # type: ignore[union-attr]
+    extra = [[net for net in served.get(n, []) if net.version == version] for n in names]
+    nets = [s.net(family) if s.has(family) else None for s in segments]
+    # (first address, end, segment) in address order; runs of these merge into prefixes
+    spans = sorted((int(net.network_address), int(net.broadcast_address) + 1, s)
+                   for s, net in enumerate(nets) if net is not None)
+    served_nets = [net for lst in extra for net in lst]
+    # a served network overlapping a link's subnet: merging could make two routes of the same prefix
+    merge = not any(net.overlaps(seg_net) for net in served_nets for seg_net in _overlapping(spans, net, nets))
+    bits = 32 if version == 4 else 128
+    network = IPv4Network if version == 4 else IPv6Network
+    made: dict[tuple[int, int], Any] = {}  # one object per prefix: ipaddress is slow to construct
 
-    def forwards(node: str) -> bool:
-        return topo.nodes[node].kind not in ("host", "switch")  # routers and network functions
+    def make(block: tuple[int, int]) -> Any:
+        net = made.get(block)
+        if net is None:
+            net = made[block] = network(block)
+        return net
 
-    def bfs(start: str, first_hops: list[Interface]) -> dict[Any, tuple[Any, str]]:
-        """Each reachable segment (by index) or served network: (gateway, out interface)."""
-        best: dict[Any, tuple[Any, str]] = {}
-        queue: deque[tuple[str, Any, str]] = deque()
-        seen = {start}
-        for intf in first_hops:
-            best.setdefault(intf.segment, (None, intf.name))
-            for nb in attached[intf.segment]:
-                if nb.node not in seen and forwards(nb.node):
-                    seen.add(nb.node)
-                    queue.append((nb.node, nb.addr(family).ip, intf.name))
-        while queue:
-            node, gw, out = queue.popleft()
-            for net in extra.get(node, []):
-                best.setdefault(net, (gw, out))
-            for intf in own[node]:
-                best.setdefault(intf.segment, (gw, out))
-                for nb in attached[intf.segment]:
-                    if nb.node not in seen and forwards(nb.node):
-                        seen.add(nb.node)
-                        queue.append((nb.node, gw, out))
-        return best
+    def labels(start: int | None, first: list[tuple[int, str]]) -> tuple[list[int], list[tuple[Any, str]],
+                                                                          dict[Any, int]]:
+        """The search: per segment 0 (not reached) or k, reached through hops[k - 1] = (gateway,
+        out interface), gateway None where directly attached; and the same per served network."""
+        label = [0] * len(segments)
+        hops: list[tuple[Any, str]] = []
+        seen = bytearray(len(names))
+        if start is not None:
+            seen[start] = 1
+        queue: list[tuple[int, int]] = []
+        for seg, out in first:
+            if not label[seg]:
+                hops.append((None, out))  # directly attached: a route only in a per-interface table
+                label[seg] = len(hops)
+            for nb, address in attached[seg]:
+                if not seen[nb]:
+                    seen[nb] = 1
+                    hops.append((address, out))
+                    queue.append((nb, len(hops)))
+        served_label: dict[Any, int] = {}
+        head = 0
+        while head < len(queue):
+            node, lab = queue[head]
+            head += 1
+            for net in extra[node]:
+                served_label.setdefault(net, lab)
+            for seg in node_segments[node]:
+                if not label[seg]:
+                    label[seg] = lab  # every forwarder on it is queued now: no need to look again later
+                    for nb, _ in attached[seg]:
+                        if not seen[nb]:
+                            seen[nb] = 1
+                            queue.append((nb, lab))
+        return label, hops, served_label
 
-    def destination(key: Any) -> Any:
-        return segments[key].net(family) if isinstance(key, int) else key
+    def search(start: int | None, first: list[tuple[int, str]], direct: bool) -> list[tuple[Any, Any, str]]:
+        """(destination, gateway, out interface) of every network reachable from `first`; those
+        directly attached (gateway None) only if `direct`."""
+        label, hops, served_label = labels(start, first)
+        out_routes: list[tuple[Any, Any, str]] = []
+        run_label, run_start, run_end = 0, 0, 0
+        for lo, hi, seg in spans:
+            lab = label[seg]
+            if lab and not direct and hops[lab - 1][0] is None:
+                lab = 0
+            if merge and lab > 0 and lab == run_label and lo == run_end:
+                run_end = hi
+                continue
+            if run_label > 0:
+                out_routes += [(make(block), *hops[run_label - 1]) for block in _blocks(run_start, run_end, bits)]
+            run_label, run_start, run_end = lab, lo, hi
+        if run_label > 0:
+            out_routes += [(make(block), *hops[run_label - 1]) for block in _blocks(run_start, run_end, bits)]
+        for net, lab in sorted(served_label.items(), key=lambda kv: str(kv[0])):
+            if lab and hops[lab - 1][0] is not None:
+                out_routes.append((net, *hops[lab - 1]))
+        return out_routes
 
-    for node, mine in own.items():
+    reach: dict[int, tuple[list[tuple[int, int]], list[Any]]] = {}
+
+    def reached_from(f: int) -> tuple[list[tuple[int, int]], list[Any]]:
+        """Everything forwarder `f` reaches, its own segments included: address runs, served networks."""
+        if f not in reach:
+            label, _, served_label = labels(f, [(seg, "") for seg in node_segments[f]])
+            runs: list[tuple[int, int]] = []
+            for lo, hi, seg in spans:
+                if label[seg]:
+                    if runs and runs[-1][1] == lo:
+                        runs[-1] = (runs[-1][0], hi)
+                    else:
+                        runs.append((lo, hi))
+            served_here = dict.fromkeys([*extra[f], *served_label])
+            reach[f] = runs, sorted(served_here, key=str)
+        return reach[f]
+
+    def through_one(seg: int, out: str, direct: bool) -> list[tuple[Any, Any, str]]:
+        """A host's search through one segment with one forwarder on it: everything that forwarder
+        reaches but this segment goes through it. One search per forwarder, not per host: a
+        router with 1000 single-homed hosts would otherwise search 1000 times."""
+        (f, gw), = attached[seg]
+        runs, served_here = reached_from(f)
+        lo, hi = seg_span[seg]
+        i = bisect.bisect_right(runs, (lo, float("inf"))) - 1
+        if i >= 0 and runs[i][0] <= lo < runs[i][1]:
+            runs = [*runs[:i], *((a, b) for a, b in ((runs[i][0], lo), (hi, runs[i][1])) if a < b), *runs[i + 1:]]
+        found: list[tuple[Any, Any, str]] = [(nets[seg], None, out)] if direct else []
+        for a, b in runs:
+            found += [(make(block), gw, out) for block in _run_blocks(a, b)]
+        return found + [(net, gw, out) for net in served_here]
+
+    run_blocks: dict[tuple[int, int], list[tuple[int, int]]] = {}
+
+    def _run_blocks(a: int, b: int) -> list[tuple[int, int]]:
+        if (a, b) not in run_blocks:
+            run_blocks[(a, b)] = _blocks(a, b, bits)
+        return run_blocks[(a, b)]
+
+    seg_span = {seg: (lo, hi) for lo, hi, seg in spans}
+    shared: dict[tuple[Any, ...], list[tuple[Any, Any, str]]] = {}
+
+    def host_search(first: list[tuple[int, str]], direct: bool) -> list[tuple[Any, Any, str]]:
+        if merge and len(first) == 1 and len(attached[first[0][0]]) == 1:
+            return through_one(*first[0], direct)
+        key = (*first, direct)
+        if key not in shared:
+            shared[key] = search(None, first, direct)
+        return shared[key]
+
+    for k, node in enumerate(names):
+        mine = own[node]
         if not mine:
             continue
-        for key, (gw, out) in sorted(bfs(node, mine).items(), key=lambda kv: str(kv[0])):
-            if gw is not None:
-                routes[node].append(Route(destination(key), gw, out))
+        first = [(i.segment, i.name) for i in mine]
+        found = search(k, first, False) if forwards[k] else host_search(first, False)
+        routes[node] += [Route(dest, gw, out) for dest, gw, out in found]
         if topo.nodes[node].kind == "host" and len(mine) > 1:
             for i, intf in enumerate(interfaces[node]):
-                if intf.addr(family) is None:
+                address = intf.addr(family)
+                if address is None:
                     continue
                 table = 100 + i
-                rules[node].append(SourceRule(intf.addr(family).ip, table))
-                for key, (gw, out) in sorted(bfs(node, [intf]).items(), key=lambda kv: str(kv[0])):
-                    routes[node].append(Route(destination(key), gw, out, table))
+                rules[node].append(SourceRule(address.ip, table))
+                routes[node] += [Route(dest, gw, out, table)
+                                 for dest, gw, out in host_search([(intf.segment, intf.name)], True)]
+
+
+def _blocks(start: int, end: int, bits: int) -> list[tuple[int, int]]:
+    """The fewest aligned (address, prefix length) blocks that cover exactly [start, end)."""
+    out = []
+    while start < end:
+        size = start & -start if start else 1 << bits
+        while size > end - start:
+            size >>= 1
+        out.append((start, bits - size.bit_length() + 1))
+        start += size
+    return out
+
+
+def _overlapping(spans: list[tuple[int, int, int]], net: Any, nets: list[Any]) -> list[Any]:
+    """Subnets of segments (from `spans`, in address order) that overlap `net`."""
+    lo, hi = int(net.network_address), int(net.broadcast_address) + 1
+    i = bisect.bisect_left(spans, (lo, 0, 0))
+    out = []
+    j = max(0, i - 1)
+    while j < len(spans) and spans[j][0] < hi:
+        if spans[j][1] > lo:
+            out.append(nets[spans[j][2]])
+        j += 1
+    return out

@@ -130,7 +130,13 @@ class Template:
                 loc = ("parameters", name, "default")
                 assert self._header_doc is not None
                 problems.append(self._header_doc.problem(loc, str(exc)))
+        max_set = limits.current().max_set_bytes
         for name, (raw, where) in overrides.items():
+            length = _value_bytes(raw)
+            if length > max_set:
+                problems.append(Problem(where.file, where.line, where.col, name, limits.hit(
+                    "max_set_bytes", f"value is {limits.size(length)}, more than {limits.size(max_set)}")))
+                continue
             param = self.parameters.get(name)
             if param is None:
                 known = ", ".join(self.parameters) or "none"
@@ -166,12 +172,23 @@ class Template:
             raise SpecError([Problem(self.display, line, None, "", exc.message)]) from None
 
 
+def _value_bytes(value: Any) -> int:
+    """What a parameter value weighs: a --set string as given, anything else from a YAML file as
+    JSON (a value of the experiment's topology.set may be a list or a mapping)."""
+    import json
+
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    return len(json.dumps(value, default=str))
+
+
 def _render_here(env: Any, body: str, values: dict[str, Any], lim: limits.Limits) -> str:
     """Compile and render (in the child): every way it can fail becomes RenderFailure(line, message)."""
     import jinja2
 
     compiled = False
     try:
+        _check_nesting(env, body, lim)
         template = env.from_string(body)
         compiled = True
         chunks = template.generate(**values)
@@ -190,13 +207,37 @@ def _render_here(env: Any, body: str, values: dict[str, Any], lim: limits.Limits
     except (RecursionError, SyntaxError) as exc:
         # Jinja2's parser and Python's compiler recurse per nesting level; at render time, macros do.
         if compiled and isinstance(exc, RecursionError):
-            what, line = "macros or includes recurse too deep", _template_line(exc)
+            name, what, line = "max_template_recursion", "macros or includes recurse too deep", _template_line(exc)
         else:
-            depth, line = bounded.deepest_line(env.lex(body))
-            what = f"blocks and brackets nested {depth} deep, too deep to compile"
-        raise bounded.RenderFailure(line, "template: " + limits.hit("max_template_recursion", what)) from None
+            depth = bounded.nesting(env.lex(body))
+            name, line = "max_template_recursion", depth.total_line
+            what = f"blocks and brackets nested {depth.total} deep, too deep to compile"
+            if isinstance(exc, SyntaxError) and "nested blocks" in str(exc.msg):
+                name, line = "max_template_loops", depth.loops_line
+                what = f"for loops nested {depth.loops} deep, too deep to compile"
+            elif isinstance(exc, SyntaxError) and "indentation" in str(exc.msg):
+                name, line = "max_template_nesting", depth.blocks_line
+                what = f"blocks nested {depth.blocks} deep, too deep to compile"
+        raise bounded.RenderFailure(line, "template: " + limits.hit(name, what)) from None
     except (ArithmeticError, TypeError, ValueError) as exc:
         raise bounded.RenderFailure(_template_line(exc), f"template: {exc}") from None
+
+
+def _check_nesting(env: Any, body: str, lim: limits.Limits) -> None:
+    """Nesting past a limit, reported at its line before Jinja2 and Python's compiler meet it
+    (and fail with their own wording: "too many statically nested blocks")."""
+    import jinja2
+
+    try:
+        depth = bounded.nesting(env.lex(body))
+    except jinja2.TemplateSyntaxError:
+        return  # compiling reports it, with its own line
+    if depth.loops > lim.max_template_loops:
+        raise bounded.RenderFailure(depth.loops_line, "template: " + limits.hit(
+            "max_template_loops", f"for loops nested {depth.loops} deep, more than {lim.max_template_loops}"))
+    if depth.blocks > lim.max_template_nesting:
+        raise bounded.RenderFailure(depth.blocks_line, "template: " + limits.hit(
+            "max_template_nesting", f"blocks nested {depth.blocks} deep, more than {lim.max_template_nesting}"))
 
 
 def _template_line(exc: BaseException) -> int | None:

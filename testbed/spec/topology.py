@@ -160,7 +160,9 @@ Kind = Literal[("host", "router", "switch", *FUNCTION_KINDS)]  # type: ignore[va
 
 class Addressing(Model):
     family: Family = Field("ipv4", description="address family of links that do not say")
-    ipv4: IPv4Network = Field(IPv4Network("10.0.0.0/16"), description="pool that link subnets are taken from")
+    # 10.0.0.0/8 hands out the same first 256 /24s as the 10.0.0.0/16 it used to be, and 65536 of them
+    # in all: a topology of thousands of links fits without an addressing section.
+    ipv4: IPv4Network = Field(IPv4Network("10.0.0.0/8"), description="pool that link subnets are taken from")
     prefix: int = Field(24, ge=8, le=30, description="prefix length of each link subnet")
     ipv6: IPv6Network = Field(IPv6Network("2001:db8:1::/48"), description="pool that IPv6 link subnets come from")
     prefix6: int = Field(64, ge=48, le=126, description="prefix length of each IPv6 link subnet")
