@@ -197,7 +197,7 @@ class Sharded:
         def worker() -> None:
             try:
                 box["result"] = play(self.args.inventory, extravars, hosts, cancel=self.cancel,
-                                     timeout=budget + PLAY_MARGIN)
+                                     timeout=budget + PLAY_MARGIN, data_dir=self.work / f"ansible-{name}")
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 box["error"] = exc
 

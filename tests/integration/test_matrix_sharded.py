@@ -74,3 +74,49 @@ def test_sharded_over_two_hosts_gives_the_local_cells_and_verdicts(ssh_hosts, tm
     # history: recorded like a local run
     hist = run_cli("history", "--results", str(tmp_path / "results"), "--json")
     assert json.loads(hist.stdout)[0]["latest"]["run_id"] == mx["run_id"]
+
+
+def test_interrupt_stops_the_hosts_and_archives_what_came_back(ssh_hosts, tmp_path):
+    """SIGINT to the controller while a host runs a cell: the host's matrix is interrupted through
+    its pid file, archives itself, and that archive is merged (status interrupted, exit 130);
+    no ansible or remote process is left."""
+    import glob
+    import signal
+    import subprocess
+    import time
+
+    pytest.importorskip("ansible_runner", reason="ansible-runner (pip extra 'provision')")
+    (h1,) = ssh_hosts(1)
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"all": {"children": {"testbed_hosts": {"hosts": {
+        "h1": {**h1.inventory_vars(), **TESTBED}}}}}}))
+    cells = tmp_path / "cells.json"
+    listed = [{"client": "host", "server": "host", "scenario": "aggregate"}, CELLS[0]]  # a long cell first
+    cells.write_text(json.dumps(listed))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "matrix", SUITE, "--inventory", str(inv), "--cells",
+                             str(cells), "--results", str(tmp_path / "results")], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    running = f"{h1.root}/results/run-*/.*partial/cells/.*aggregate*partial/logs/shaping/*"  # its network is up
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and not glob.glob(running) and proc.poll() is None:
+        time.sleep(0.2)
+    assert glob.glob(running), "no cell started on the host"
+    (pid_file,) = glob.glob(f"{h1.root}/results/run-*/matrix.pid")
+    remote_pid = int(Path(pid_file).read_text())
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert not Path(pid_file).exists() and not Path(f"/proc/{remote_pid}").exists()  # it stopped and cleaned up
+    run_dir = Path(re.findall(r"^archive: (.+)$", out, re.M)[-1])
+    mx = json.loads((run_dir / "matrix.json").read_text())
+    assert mx["status"] == "interrupted" and json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    cell = mx["cells"]["aggregate/host/host"]  # the running cell: interrupted, a testbed error
+    assert cell["verdict"] == "error" and cell["reason"] == "interrupted" and cell["dir"], (out, cell)
+    after = mx["cells"][key(CELLS[0])]  # the next one never started
+    assert after["verdict"] == "error" and not after["dir"] and not after["attempts"], after
+    cell_manifest = json.loads((run_dir / cell["dir"] / "manifest.json").read_text())
+    assert cell_manifest["status"] == "interrupted"  # the host's cell tore down and archived itself
+    assert verify(run_dir) == {"missing": [], "extra": [], "altered": []}
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert not [p for p in left if "sshd" not in Path(f"/proc/{p}/cmdline").read_text(errors="replace")], left
