@@ -120,3 +120,20 @@ def test_interrupt_stops_the_hosts_and_archives_what_came_back(ssh_hosts, tmp_pa
     assert verify(run_dir) == {"missing": [], "extra": [], "altered": []}
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert not [p for p in left if "sshd" not in Path(f"/proc/{p}/cmdline").read_text(errors="replace")], left
+
+
+def test_an_unknown_host_key_stops_the_run_before_anything_is_sent(ssh_hosts, tmp_path):
+    (h1,) = ssh_hosts(1)
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    vars_ = {**h1.inventory_vars(), **TESTBED,
+             "ansible_ssh_common_args": f"-o UserKnownHostsFile={empty} -o GlobalKnownHostsFile=/dev/null"}
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"all": {"children": {"testbed_hosts": {"hosts": {"h1": vars_}}}}}))
+    cells = tmp_path / "cells.json"
+    cells.write_text(json.dumps(CELLS[:1]))
+    r = run_cli("matrix", SUITE, "--inventory", str(inv), "--cells", str(cells), "--results", str(tmp_path / "res"))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "not in" in r.stderr and "--accept-new-host-keys" in r.stderr
+    assert not (h1.root / "results").exists() and empty.read_text() == ""  # nothing sent, nothing recorded
+    assert list((tmp_path / "res").iterdir()) == []  # no archive, no work directory left
