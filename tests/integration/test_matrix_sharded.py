@@ -1,31 +1,83 @@
-"""`testbed matrix --inventory` over real SSH hosts (sshd in network namespaces, tests/sshhosts.py):
-the merged archive has the same cells and verdicts as a local run of the same cells and is laid
-out as a local run's; a host that fails has its cells retried on another, one that does not answer
-gets none."""
+"""`testbed matrix --cells` for real, and `testbed matrix --inventory` over real SSH hosts (sshd in
+network namespaces, tests/sshhosts.py): the merged archive has the same cells and verdicts as a
+local run of the same cells (which runs meanwhile) and is laid out as a local run's; a host that
+fails has its cells retried on another, one that does not answer gets none; Ctrl-C stops the hosts;
+an unknown host key stops everything before it starts."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from testbed.archive.store import verify
-from tests.conftest import ROOT, requires_root, run_cli
-from tests.integration.test_matrix_cells import CELLS, SUITE, key, local_run  # noqa: F401 - a fixture
+from tests.conftest import IS_ROOT, ROOT, requires_root, run_cli
+from tests.integration.test_matrix_cells import CELLS, SUITE, key
 
 pytestmark = [requires_root, pytest.mark.root]
 BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # ansible-runner finds the venv's ansible there
 # The fake hosts share this checkout and venv; each has its own /srv for results.
 TESTBED = {"testbed_dir": str(ROOT), "testbed_python": sys.executable, "remote_results": "/srv/results"}
 
 
-def test_sharded_over_two_hosts_gives_the_local_cells_and_verdicts(ssh_hosts, tmp_path, local_run):  # noqa: F811
+class LocalRun:
+    """`testbed matrix --cells` run here in the background (the sharded run's reference), its pid
+    file watched while it runs."""
+
+    def __init__(self, tmp: Path) -> None:
+        cells = tmp / "cells.json"
+        cells.write_text(json.dumps(CELLS))
+        self.pid_file = tmp / "run" / "matrix.pid"
+        self.argv = [sys.executable, "-m", "testbed", "matrix", SUITE, "--cells", str(cells), "--jobs", "2",
+                     "--results", str(tmp / "results"), "--pid-file", str(self.pid_file)]
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.seen: list[str] = []
+        self.watch = threading.Thread(target=self._watch, daemon=True)
+        self.watch.start()
+        self.done: tuple | None = None
+
+    def _watch(self) -> None:
+        while self.proc.poll() is None and not self.seen:
+            if self.pid_file.exists():
+                self.seen.append(self.pid_file.read_text().strip())
+            time.sleep(0.05)
+
+    def result(self) -> tuple[subprocess.CompletedProcess, Path, dict]:
+        if self.done is None:
+            out, err = self.proc.communicate(timeout=180)
+            self.watch.join(5)
+            done = subprocess.CompletedProcess(self.argv, self.proc.returncode, out, err)
+            found = re.findall(r"^archive: (.+)$", out, re.M)
+            assert found, out + err
+            run_dir = Path(found[-1])
+            self.done = (done, run_dir, json.loads((run_dir / "matrix.json").read_text()))
+        return self.done
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.communicate(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    if not IS_ROOT:
+        pytest.skip("needs root: network namespaces and veth pairs")
+    run = LocalRun(tmp_path_factory.mktemp("local"))
+    yield run
+    run.stop()
+
+
+def test_sharded_over_two_hosts_gives_the_local_cells_and_verdicts(ssh_hosts, tmp_path, local_run):
     pytest.importorskip("ansible_runner", reason="ansible-runner (pip extra 'provision')")
-    _, local_dir, local, _ = local_run
     h1, h2 = ssh_hosts(2)
     # Listed first so that the cost balance gives it a real cell: 'hbad' is h1's machine with a
     # testbed that cannot start (the play fails there), h9 answers nowhere.
@@ -37,10 +89,10 @@ def test_sharded_over_two_hosts_gives_the_local_cells_and_verdicts(ssh_hosts, tm
     inv.write_text(json.dumps({"all": {"children": {"testbed_hosts": {"hosts": hosts}}}}, indent=2))
     cells = tmp_path / "cells.json"
     cells.write_text(json.dumps(CELLS))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     r = run_cli("matrix", SUITE, "--inventory", str(inv), "--cells", str(cells), "--results",
-                str(tmp_path / "results"), timeout=300, env=env)
+                str(tmp_path / "results"), timeout=300, env=ENV)
     assert r.returncode == 0, r.stdout + r.stderr
+    _, local_dir, local = local_run.result()
     run_dir = Path(re.findall(r"^archive: (.+)$", r.stdout, re.M)[-1])
     mx = json.loads((run_dir / "matrix.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -82,8 +134,6 @@ def test_interrupt_stops_the_hosts_and_archives_what_came_back(ssh_hosts, tmp_pa
     no ansible or remote process is left."""
     import glob
     import signal
-    import subprocess
-    import time
 
     pytest.importorskip("ansible_runner", reason="ansible-runner (pip extra 'provision')")
     (h1,) = ssh_hosts(1)
@@ -93,9 +143,8 @@ def test_interrupt_stops_the_hosts_and_archives_what_came_back(ssh_hosts, tmp_pa
     cells = tmp_path / "cells.json"
     listed = [{"client": "host", "server": "host", "scenario": "aggregate"}, CELLS[0]]  # a long cell first
     cells.write_text(json.dumps(listed))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "matrix", SUITE, "--inventory", str(inv), "--cells",
-                             str(cells), "--results", str(tmp_path / "results")], cwd=ROOT, env=env,
+                             str(cells), "--results", str(tmp_path / "results")], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     running = f"{h1.root}/results/run-*/.*partial/cells/.*aggregate*partial/logs/shaping/*"  # its network is up
     deadline = time.monotonic() + 150
@@ -137,3 +186,18 @@ def test_an_unknown_host_key_stops_the_run_before_anything_is_sent(ssh_hosts, tm
     assert "not in" in r.stderr and "--accept-new-host-keys" in r.stderr
     assert not (h1.root / "results").exists() and empty.read_text() == ""  # nothing sent, nothing recorded
     assert list((tmp_path / "res").iterdir()) == []  # no archive, no work directory left
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_exactly_the_listed_cells_run_here(local_run):
+    done, run_dir, mx = local_run.result()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert local_run.seen == [str(local_run.proc.pid)], "the pid file held the matrix's own pid while it ran"
+    assert not local_run.pid_file.exists(), "the pid file is removed at the end"
+    assert sorted(mx["cells"]) == sorted(key(c) for c in CELLS)  # no cartesian product (tcp/tcp, host/tcp absent)
+    verdicts = {k: c["verdict"] for k, c in mx["cells"].items()}
+    assert verdicts == {"basic-handshake/host/host": "as-expected", "basic-handshake/tcp/host": "as-expected",
+                        "basic-handshake/host/mptcp-v0.92": "unavailable"}
+    assert mx["options"]["cells"] == [key(c) for c in CELLS]
+    assert "matrix hackathon: 3 cells (2 to run, 1 not runnable here)" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == f"report: {run_dir / 'report.html'}"
