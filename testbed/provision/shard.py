@@ -102,10 +102,10 @@ def _remote_suite(path: Path) -> str:
 
 def _head(runner: Any, loaded: Any, args: argparse.Namespace, hosts: list[str]) -> dict[str, Any]:
     import testbed
+    from testbed.archive.provenance import git_sha
     from testbed.collect import system
-    from testbed.runner import _git_sha
 
-    return {"testbed_version": testbed.__version__, "git_sha": _git_sha(), "kind": "matrix",
+    return {"testbed_version": testbed.__version__, "git_sha": git_sha(), "kind": "matrix",
             "name": f"matrix-{loaded.suite.name}", "suite": loaded.suite.name,
             "host": {**system.host_info(), "role": "controller", "inventory": str(args.inventory), "hosts": hosts},
             "started": _now(), "finished": None, "seed": None,
