@@ -43,8 +43,9 @@ PLAY_MARGIN = 300.0  # seconds beyond the cells' own timeouts before a play is g
 def run_sharded(args: argparse.Namespace) -> int:
     from testbed.cli import _csv
     from testbed.matrix import history
+    from testbed.matrix import probes as probe_cells
     from testbed.matrix.runner import MatrixRunner
-    from testbed.spec.matrix import load_suite
+    from testbed.spec.matrix import PROBE_SCENARIO, load_suite
 
     loaded = load_suite(args.suite)
     inventory = load_inventory(args.inventory)
@@ -76,9 +77,9 @@ def run_sharded(args: argparse.Namespace) -> int:
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+    probes = [probe_cells.client_name(p) for p in runner.probes] if PROBE_SCENARIO in runner.scenarios else []
     m = Merge(loaded.suite.name, planned, {"scenarios": list(runner.scenarios), "clients": list(runner.clients),
-                                           "servers": list(runner.servers),
-                                           "probes": [c for c in runner.clients if c.startswith("probe:")]},
+                                           "servers": list(runner.servers), "probes": probes},  # as a local run's
               {**runner.options(), "inventory": str(args.inventory), "hosts": hosts}, shard.parts, shard.interrupted)
     try:
         final, matrix = merge(m, args.results, head, shard.logs)
