@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--results", type=_dir, default="results")
     m.add_argument("--ci", action="store_true",
                    help="exit 1 only for unexpected cells and regressions against the previous run")
+    m.add_argument("--cells", type=Path, metavar="FILE", help="exactly the cells of a JSON list of "
+                   "{client, server, scenario} (instead of --clients/--servers/--scenarios)")
+    m.add_argument("--pid-file", type=Path, metavar="FILE", help="holds this process's pid while the matrix runs")
+    m.add_argument("--inventory", type=Path, metavar="HOSTS.yml",
+                   help="shard the cells over the inventory's testbed hosts (playbooks/run-cells.yml)")
+    m.add_argument("--accept-new-host-keys", action="store_true", help="--inventory: record unknown host keys")
     h = sub.add_parser("history", help="per cell: change since the previous matrix run, flake rate")
     h.add_argument("--suite")
     h.add_argument("--last", type=_positive, default=10, help="runs the flake rate is computed over")
@@ -319,6 +325,24 @@ def _findings(matrix: dict[str, Any], run_dir: Path, width: int = 160) -> None:
 
 
 def _matrix(args: argparse.Namespace) -> int:
+    if args.cells is not None and any((args.clients, args.servers, args.scenarios, args.must_include)):
+        raise UsageError("--cells", "cells", "names the cells itself: no --clients/--servers/--scenarios/--must-include")
+    if args.inventory is not None:
+        from testbed.provision.shard import run_sharded
+
+        return run_sharded(args)
+    pid_file = args.pid_file
+    if pid_file is not None:  # a controller signals the matrix through it (testbed.provision.shard)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        return _matrix_local(args)
+    finally:
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+
+
+def _matrix_local(args: argparse.Namespace) -> int:
     runner, result = _run_matrix(args)
     matrix = result["matrix"]
     summary = matrix["summary"]
@@ -344,9 +368,15 @@ def _run_matrix(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     loaded = load_suite(args.suite)
     console = Console(highlight=False)
-    runner = MatrixRunner(loaded, args.results, clients=_csv(args.clients), servers=_csv(args.servers),
-                          scenarios=_csv(args.scenarios), must_include=args.must_include, jobs=args.jobs,
-                          reruns=args.reruns, console=console)
+    axes, only = (_csv(args.clients), _csv(args.servers), _csv(args.scenarios)), None
+    if getattr(args, "cells", None) is not None:
+        from testbed.matrix.cellsfile import load_cells
+
+        listed = load_cells(args.cells, loaded)
+        axes, only = listed.axes(), listed.keys
+    runner = MatrixRunner(loaded, args.results, clients=axes[0], servers=axes[1], scenarios=axes[2],
+                          must_include=args.must_include, jobs=args.jobs, reruns=args.reruns, console=console,
+                          only=only)
     cells = runner.plan()
     runnable = sum(1 for c in cells if c.verdict is None)
     print(f"matrix {loaded.suite.name}: {len(cells)} cells ({runnable} to run, {len(cells) - runnable} not runnable "

@@ -149,7 +149,8 @@ def combine(attempts: list[Attempt]) -> tuple[str, str]:
 class MatrixRunner:
     def __init__(self, loaded: LoadedSuite, results: Path, *, clients: list[str] | None = None,
                  servers: list[str] | None = None, scenarios: list[str] | None = None,
-                 must_include: str | None = None, jobs: int = 1, reruns: int = 0, console: Any = None):
+                 must_include: str | None = None, jobs: int = 1, reruns: int = 0, console: Any = None,
+                 only: list[str] | None = None):
         from testbed.matrix.expect import KNOWN_REQUIREMENTS
 
         check_suite(loaded, KNOWN_REQUIREMENTS)
@@ -169,6 +170,7 @@ class MatrixRunner:
         all_scenarios = [s.name for s in self.suite.scenarios] + ([PROBE_SCENARIO] if self.suite.probes else [])
         self.scenarios = self._names("--scenarios", scenarios, all_scenarios, all_scenarios)
         self.must_include = must_include
+        self.only = only  # --cells: exactly these cell keys (scenario/client/server), in plan order
         if must_include is not None:
             self._names("--must-include", [must_include], [], list(self.impls) + probe_clients)
         self.jobs = max(1, jobs)
@@ -244,6 +246,9 @@ class MatrixRunner:
                     sc = self.loaded.scenario(scenario)
                     cells.append(Cell(scenario, client, server, exp, cell_name(scenario, client, server),
                                       float(sc.timeout or self.suite.timeout)))
+        if self.only is not None:
+            wanted = set(self.only)
+            cells = [c for c in cells if c.key in wanted]
         self.cells = cells
         for c in cells:
             if c.expectation.status != "run":
@@ -544,7 +549,8 @@ class MatrixRunner:
     def options(self) -> dict[str, Any]:
         return {"clients": self.clients, "servers": self.servers, "scenarios": self.scenarios,
                 "probes": self.probes if PROBE_SCENARIO in self.scenarios else [],
-                "must_include": self.must_include, "jobs": self.jobs, "reruns": self.reruns}
+                "must_include": self.must_include, "jobs": self.jobs, "reruns": self.reruns,
+                **({"cells": list(self.only)} if self.only is not None else {})}
 
     def _write_inputs(self, run_dir: RunDir) -> None:
         run_dir.write_text("inputs/suite.yaml", self.loaded.text)
