@@ -205,9 +205,6 @@ class SshHosts:
             "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UseDNS no",
             "PrintMotd no", "LogLevel VERBOSE", "MaxStartups 30:30:100", "MaxSessions 30",
-            # bash sources ~/.bashrc for commands run by sshd only at shell level 1: this machine's
-            # user's start-up files are not the fake host's, and can take seconds per session.
-            "SetEnv SHLVL=1",
             f"Subsystem sftp {SFTP_SERVER}", "",
         ]))
         _run(SSHD, "-t", "-f", str(config))
