@@ -19,7 +19,7 @@ OUR_LINK = re.compile(r"^tb[0-9a-f]{6}")
 # Every process this test session starts inherits the marker; a live run of another checkout or
 # session on the same machine (a demo, a second `make test`) does not carry it and is not ours.
 SESSION = os.environ.setdefault("TESTBED_TEST_SESSION", uuid.uuid4().hex)
-OUR_PROCS = ("tcpdump", "delayline.py", "agent.py", "mangler.py", "convertd.py", "danted", "tayga", "qemu-system", "mnexec",
+OUR_PROCS = ("tcpdump", "delayline.py", "workloads/agent", "mangler.py", "convertd.py", "danted", "tayga", "qemu-system", "mnexec",
              "iperf3", "ping")
 
 

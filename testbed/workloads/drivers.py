@@ -9,17 +9,17 @@ import json
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from testbed.emulation.nodeexec import wait_for_output
 from testbed.spec.experiment import Bulk, Iperf3, Ping, Probe, RequestResponse, Workload
+from testbed.workloads import agent_path
 from testbed.workloads.context import Context, Via, add_path_info, route_hops
 from testbed.workloads.process import NotReady, finish, json_tail, servers_result, start, start_servers, stop
 
 __all__ = ["Context", "Via", "add_path_info", "aborted_bulk", "percentiles", "route_hops", "run", "setup_metrics"]
 
-AGENT = Path(__file__).with_name("agent.py")
+AGENT = agent_path()  # the agent package's __main__.py, its bytecode compiled
 
 
 def _python(*args: str) -> list[str]:

@@ -1,8 +1,9 @@
 """The stdlib-only workload agent: pure helpers in-process, and real transfers on loopback as root.
 
-The agent is loaded from its file (it is not imported through the ``testbed`` package, as in the
-namespaces), and run as ``python -S agent.py ...``; every subprocess has a timeout and is killed in a
-``finally``.
+The agent is a package of stdlib-only modules (testbed/workloads/agent/), run as the drivers run it,
+``python -S AGENT ...`` with AGENT its ``__main__.py``; in-process, its modules are imported under
+``testbed.workloads.agent`` (the same files and relative imports). Every subprocess has a timeout and
+is killed in a ``finally``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import ast
 import contextlib
 import ctypes
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -24,21 +26,26 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
 
-AGENT = Path(__file__).resolve().parents[2] / "testbed" / "workloads" / "agent.py"
+from testbed.workloads import agent_path
+
+AGENT = agent_path()
+AGENT_DIR = AGENT.parent
+MODULES = ("common", "sockets", "relay", "abort", "bulk", "rr", "cli")
 PY = sys.executable
 RUN_TIMEOUT = 60.0
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("workload_agent_under_test", AGENT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _load() -> SimpleNamespace:
+    """The names of every agent module in one namespace (they were one module before the split)."""
+    names: dict[str, object] = {}
+    for name in MODULES:
+        module = importlib.import_module(f"testbed.workloads.agent.{name}")
+        names.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+    return SimpleNamespace(**names)
 
 
 agent = _load()
@@ -183,14 +190,18 @@ def test_is_mptcp_of_a_plain_tcp_socket_is_false() -> None:
 
 
 def test_agent_is_standalone_stdlib_only_and_starts_fast() -> None:
-    tree = ast.parse(AGENT.read_text())
     imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0
-            imported.add((node.module or "").split(".")[0])
+    files = sorted(AGENT_DIR.glob("*.py"))
+    assert {f.stem for f in files} == {"__init__", "__main__", *MODULES}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # only its own modules, relatively
+                    assert node.level == 1 and node.module in MODULES, (path.name, node.module)
+                else:
+                    imported.add((node.module or "").split(".")[0])
     imported.discard("__future__")
     assert "testbed" not in imported
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
@@ -204,6 +215,36 @@ def test_agent_is_standalone_stdlib_only_and_starts_fast() -> None:
     assert "bulk-server" in proc.stdout and "rr-client" in proc.stdout
     print(f"agent --help wall time: min {min(times) * 1000:.1f} ms")
     assert min(times) < 0.5
+    # The directory runs too (`python -S DIR`), through the same __main__.py.
+    proc = subprocess.run([PY, "-S", "-I", str(AGENT_DIR), "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "rr-client" in proc.stdout, proc.stderr
+
+
+def _imports(*args: str) -> dict[str, str]:
+    """The agent modules a run of ``python -S -I -v AGENT ARGS`` loaded: name -> how (its bytecode
+    "matches" its source, or it was compiled)."""
+    proc = subprocess.run([PY, "-S", "-I", "-v", str(AGENT), *args], capture_output=True, text=True, timeout=30)
+    loaded: dict[str, str] = {}
+    for line in proc.stderr.splitlines():
+        m = re.match(r"# (\S+) matches (\S+)$", line)
+        if m and Path(m.group(2)).parent == AGENT_DIR:
+            loaded[Path(m.group(2)).stem] = "cached"
+        m = re.match(r"# code object from '?(\S+?\.py)'?$", line)
+        if m and Path(m.group(1)).parent == AGENT_DIR:
+            loaded.setdefault(Path(m.group(1)).stem, "compiled")
+    return loaded
+
+
+def test_agent_loads_only_its_modes_module_from_cached_bytecode() -> None:
+    """A guest sees the checkout read-only: what it cannot load from bytecode it compiles at every
+    start. agent_path() compiled it all; a mode loads only its own module (and what that uses)."""
+    server = _imports("rr-server", "--bind", "127.0.0.1", "--port", str(_free_port()), "--timeout", "0.01")
+    assert set(server) == {"__init__", "cli", "common", "sockets", "relay", "rr"}, server
+    client = _imports("bulk-client", "--connect", "127.0.0.1", "--port", "9", "--size", "1",
+                      "--connect-retries", "0", "--timeout", "2")
+    assert set(client) == {"__init__", "cli", "common", "sockets", "relay", "abort", "bulk"}, client
+    assert set(server.values()) == set(client.values()) == {"cached"}, (server, client)
+    assert len(AGENT.read_text().splitlines()) < 30  # the script itself is compiled at every start: tiny
 
 
 # ----------------------------------------------------------------------------------- subprocesses

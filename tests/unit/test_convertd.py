@@ -2,7 +2,7 @@
 daemon's answers to good and malformed messages (over socket pairs and loopback), the agent's
 Convert and SOCKS5 client side, and the path facts a workload through a relay is given.
 
-convertd.py and agent.py are loaded from their files, as they run inside namespaces."""
+convertd.py is loaded from its file and the agent's modules as a package, as they run inside namespaces."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 
 from testbed.spec.functions import converter as converter_spec
 from testbed.spec.functions import socks as socks_spec
+from tests.unit.test_agent import _load as load_agent
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVERTD = ROOT / "testbed" / "emulation" / "functions" / "convertd.py"
-AGENT = ROOT / "testbed" / "workloads" / "agent.py"
 
 
 def _load(path: Path, name: str) -> ModuleType:
@@ -39,7 +39,7 @@ def _load(path: Path, name: str) -> ModuleType:
 
 
 cd = _load(CONVERTD, "convertd_under_test")
-agent = _load(AGENT, "agent_for_convertd_tests")
+agent = load_agent()
 
 
 def mapped(ip: str) -> bytes:

@@ -21,8 +21,9 @@ from testbed.emulation import nodeexec
 from testbed.emulation.qemu import images
 from testbed.emulation.qemu.guest import Guest, Nic, random_mac
 from testbed.emulation.qemu.images import Cpio, extract_vmlinux, load_order, module_depends, natural_key
+from testbed.workloads import agent_path
 
-AGENT = Path(__file__).resolve().parents[2] / "testbed" / "workloads" / "agent.py"
+AGENT = agent_path()
 
 
 # ------------------------------------------------------------------------------------ unit tests
