@@ -4,7 +4,9 @@ Runs one `testbed matrix` (jobs 1) with clients `host` and a guest implementatio
 linux-6.1) against server `host` over a few short scenarios. The matrix boots the guest once and
 lends it to every guest cell. Prints, per scenario, the host cell's and the guest cell's wall time
 (the `testbed run` subprocess, reset and give-back included), the first guest cell (which waited
-for the boot) apart, and the medians; and the boot itself.
+for the boot) apart, and the medians; and the boot itself. Then where the guest's extra time goes:
+the median of each run phase (the cells' own `timing`; teardown includes the guest's reset), host
+cells against reused guest cells, and the load average (TCG guests slow down a lot on a busy machine).
 
     sudo .venv/bin/python bench/guest_reuse.py [--guest linux-6.1] [--scenarios a,b,c] [--results DIR]
 """
@@ -79,6 +81,19 @@ def main() -> int:
         print(f"median cell: host {statistics.median(hosts):.2f} s, reused {args.guest} guest "
               f"{statistics.median(reused):.2f} s; the guest adds a median {statistics.median(extra):.2f} s per cell "
               f"({len(extra)} scenarios)" if extra else "")
+    phases: dict[str, dict[str, list[float]]] = {}
+    for c in ran:
+        if c["client"] == args.guest and c["scenario"] == first:
+            continue
+        timing = (c.get("measured") or {}).get("timing") or {}
+        for phase, s in timing.items():
+            phases.setdefault(phase, {}).setdefault(c["client"], []).append(s)
+    if phases:
+        print(f"{'phase (median s)':<20} {'host':>7} {args.guest:>13} {'extra':>8}")
+        for phase, by in phases.items():
+            h, g = (statistics.median(by[k]) if by.get(k) else float("nan") for k in ("host", args.guest))
+            print(f"{phase:<20} {h:7.2f} {g:13.2f} {g - h:8.2f}")
+    print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"archive: {run_dir}")
     notes = [f"guests: booted {stats.get('booted')}, lent {stats.get('lent')}, reused {stats.get('reused')}, "
              f"boot {stats.get('boot_seconds')} s"]

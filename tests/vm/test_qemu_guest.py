@@ -21,6 +21,7 @@ from testbed.emulation import nodeexec
 from testbed.emulation.qemu import images
 from testbed.emulation.qemu.guest import Guest, Nic, random_mac
 from testbed.emulation.qemu.images import Cpio, extract_vmlinux, load_order, module_depends, natural_key
+from testbed.emulation.qemu.node import rename_nics
 from testbed.workloads import agent_path
 
 AGENT = agent_path()
@@ -163,6 +164,24 @@ def changed(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
 
+def sysctls(guest: Guest) -> dict[str, str]:
+    """Every writable sysctl under /proc/sys/net in the guest, read back: path (from net/) -> value."""
+    rc, out = guest.run(["find", "/proc/sys/net", "-type", "f", "-perm", "-200"], timeout=60)
+    assert rc == 0, out
+    files = guest.read_files(out.split())
+    return {p.removeprefix("/proc/sys/"): v.decode() for p, v in files.items() if v is not None}
+
+
+def qdiscs(guest: Guest) -> dict[str, list[str]]:
+    """Each link's qdiscs (kind and parent), read back with tc."""
+    rc, out = guest.run(["tc", "-j", "qdisc", "show"])
+    assert rc == 0, out
+    found: dict[str, list[str]] = {}
+    for q in json.loads(out):
+        found.setdefault(q["dev"], []).append(f"{q['kind']} {q.get('parent', 'root')}")
+    return {dev: sorted(kinds) for dev, kinds in found.items()}
+
+
 def agent(*args: str) -> list[str]:
     return ["/usr/bin/python3", "-S", str(AGENT), *args]
 
@@ -241,28 +260,55 @@ def test_guest_speaks_mptcp_with_a_namespace(image, tmp_path, monkeypatch):
         assert changed(g1, g2).get("MPTcpExtMPCapableACKRX", 0) >= 1, changed(g1, g2)
         assert changed(n1, n2).get("MPTcpExtMPCapableSYNACKRX", 0) >= 1, changed(n1, n2)
 
-        # 3. a cell leaves state behind; reset() takes the guest back to how it booted
+        # 3. a cell leaves state behind; reset() takes the guest back to how it booted. As a pooled
+        # guest does, the NIC takes the topology's name first, and gets sysctls and qdiscs of its own.
+        guest.run(["ip", "addr", "flush", "dev", "eth0"], check=True)
+        guest.run(["ip", "link", "set", "eth0", "down"], check=True)
+        booted_sysctls, booted_qdiscs = sysctls(guest), qdiscs(guest)
+        rename_nics(guest, ["wlan0"])
         ecn = guest.read_file("/proc/sys/net/ipv4/tcp_ecn").decode().strip()
         limits = guest.run(["ip", "mptcp", "limits", "show"])[1].split()
         nodeexec.run_many(guest, [
+            ["ip", "link", "set", "wlan0", "up"],
+            ["ip", "addr", "add", "10.251.0.2/24", "dev", "wlan0"],
             ["sysctl", "-q", "-w", f"net.ipv4.tcp_ecn={'2' if ecn == '1' else '1'}"],
-            ["ip", "mptcp", "endpoint", "add", "10.251.0.2", "dev", "eth0", "signal"],
+            ["sysctl", "-q", "-w", "net.ipv4.conf.wlan0.rp_filter=2", "net.ipv6.conf.wlan0.accept_ra=0",
+             "net.ipv4.conf.all.rp_filter=2", "net.mptcp.add_addr_timeout=7"],
+            ["ip", "mptcp", "endpoint", "add", "10.251.0.2", "dev", "wlan0", "signal"],
             ["ip", "mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"],
-            ["tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "5ms"],
+            ["tc", "qdisc", "add", "dev", "wlan0", "root", "netem", "delay", "5ms"],
+            ["ip", "link", "add", "tbifb0", "type", "ifb"],
+            ["ip", "link", "set", "tbifb0", "up"],
+            ["tc", "qdisc", "add", "dev", "tbifb0", "root", "netem", "delay", "5ms", "loss", "1%"],
+            ["tc", "qdisc", "add", "dev", "wlan0", "ingress"],
+            ["tc", "filter", "add", "dev", "wlan0", "parent", "ffff:", "matchall", "action", "mirred", "egress",
+             "redirect", "dev", "tbifb0"],
             ["ip", "rule", "add", "from", "10.251.0.2", "table", "100", "priority", "1000"],
             ["ip", "route", "add", "default", "via", "10.251.0.1", "table", "100"],
         ])
+        dirty = sysctls(guest)
+        assert dirty["net/ipv4/conf/wlan0/rp_filter"] == "2\n" != booted_sysctls["net/ipv4/conf/eth0/rp_filter"]
+        assert "netem" in guest.run(["tc", "qdisc", "show", "dev", "wlan0"])[1]
         proc = guest.popen(["sleep", "600"])
         done = guest.reset()
         assert proc.wait(5) is not None and done["killed"] == 1
-        assert "net.ipv4.tcp_ecn" in done["sysctls_restored"]
+        assert {"net.ipv4.tcp_ecn", "net.ipv4.conf.wlan0.rp_filter", "net.mptcp.add_addr_timeout"} <= set(
+            done["sysctls_restored"]), done
+        assert done["links_deleted"] == ["tbifb0"] and done["qdiscs_deleted"] == 2, done
+        # Read back: every writable net.* sysctl as it was at boot (the NIC's under its new name), and
+        # the qdiscs as they were once the next cell brings the link up (the kernel's default root
+        # qdisc, no ingress, no ifb device).
+        assert sysctls(guest) == {k.replace("/eth0/", "/wlan0/"): v for k, v in booted_sysctls.items()}
+        guest.run(["ip", "link", "set", "wlan0", "up"], check=True)
+        assert qdiscs(guest) == {k.replace("eth0", "wlan0"): v for k, v in booted_qdiscs.items()}
+        guest.run(["ip", "link", "set", "wlan0", "down"], check=True)
         assert guest.read_file("/proc/sys/net/ipv4/tcp_ecn").decode().strip() == ecn
-        assert "inet " not in guest.run(["ip", "-4", "addr", "show", "dev", "eth0"])[1]
+        assert "inet " not in guest.run(["ip", "-4", "addr", "show", "dev", "wlan0"])[1]
         assert guest.run(["ip", "mptcp", "endpoint", "show"])[1].strip() == ""
         assert guest.run(["ip", "mptcp", "limits", "show"])[1].split() == limits
-        assert "netem" not in guest.run(["tc", "qdisc", "show", "dev", "eth0"])[1]
         assert guest.run(["ip", "route", "show", "table", "100"])[1].strip() == ""
         assert [line.split(":")[0] for line in guest.run(["ip", "rule"])[1].splitlines()] == ["0", "32766", "32767"]
+        rename_nics(guest, ["eth0"])
 
         # 4. and the guest is ready for the next cell
         guest.run(["ip", "addr", "add", "10.251.0.2/24", "dev", "eth0"], check=True)

@@ -95,6 +95,7 @@ IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+/-]+$")
 KVM_GET_API_VERSION = 0xAE00
+RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
 PCI_NIC_SLOT = 0x10  # NIC i sits in PCI slot 0x10 + i, so the kernel names them eth0, eth1, ... in order
 
 
@@ -858,26 +859,42 @@ class Guest:
 
     # ------------------------------------------------------------------------------ reuse
     def reset(self) -> dict:
-        """Back to the state right after boot, for the next cell: processes killed; ifb devices deleted;
-        on every NIC qdiscs removed, addresses flushed, MTU 1500, link down; routes (all tables but
-        local), rules and neighbours flushed; nftables ruleset flushed; MPTCP endpoints flushed and
-        limits restored; every net.* sysctl written since boot restored. Returns what was done.
+        """Back to the state right after boot, for the next cell: processes killed; links made since
+        boot (ifb devices) deleted; on every NIC link down, the qdiscs a cell configured removed,
+        addresses flushed, MTU 1500; routes (all tables but local), rules and neighbours flushed;
+        nftables ruleset flushed; MPTCP endpoints flushed and limits restored; every net.* sysctl
+        that differs from the boot snapshot restored (a NIC's own entries under its current name).
+        Returns what was done, with the seconds each step took.
 
-        Every process costs tens of milliseconds in a TCG guest, so the changes go through three
-        batch files (tc, ip -4, ip -6) rather than a command each."""
+        Every process costs tens of milliseconds in a TCG guest: what there is to undo is read by
+        guestd over rtnetlink, and the changes go through at most three batch files (ip -4, tc,
+        ip -6) and nft rather than a command each. The links go down first: a qdisc deleted on a
+        running device waits for the kernel to deactivate and reactivate it (an RCU grace period
+        each, slow on an emulated CPU); on a device that is down it does not."""
+        clock = time.monotonic()
+        seconds: dict[str, float] = {}
+
+        def lap(step: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            seconds[step] = round(now - clock, 3)
+            clock = now
+
         done: dict[str, Any] = {"killed": self._request("killall", wait=30)["killed"]}
-        listing = self._batch([["ip", "-j", "link", "show", "type", "ifb"],
-                               ["ip", "-j", "-4", "route", "show", "table", "all"],
-                               ["ip", "-j", "-6", "route", "show", "table", "all"]], stop_on_error=False)
-        ifbs, v4, v6 = ([r for r in _json_list(out)] if rc == 0 else [] for rc, out in listing)
-        tc = [f"qdisc del dev {i} {where}" for i in self.interfaces for where in ("root", "ingress")]
-        ip4 = [f"link del {link['ifname']}" for link in ifbs if "ifname" in link]
+        lap("kill")
+        state = self._request("net_state")  # over rtnetlink in guestd: no process to start
+        lap("list")
+        new_links = list(state["new_links"])
+        ip4 = [f"link set {ifname} down" for ifname in self.interfaces]
+        ip4 += [f"link del {link}" for link in new_links]  # ifb devices (and anything else a cell made)
+        tc = [f"qdisc del dev {q['dev']} {'root' if q['root'] else 'ingress'}" for q in state["qdiscs"]
+              if q["dev"] not in new_links]
         for ifname in self.interfaces:
-            ip4 += [f"addr flush dev {ifname}", f"link set {ifname} down", f"link set {ifname} mtu 1500"]
+            ip4 += [f"addr flush dev {ifname}", f"link set {ifname} mtu 1500"]
         ip6: list[str] = []
-        for lines, routes in ((ip4, v4), (ip6, v6)):
-            tables = {str(r.get("table", "main")) for r in routes} | {"main"}
-            lines += [f"route flush table {t}" for t in sorted(tables - {"local"})]
+        for lines, family in ((ip4, "4"), (ip6, "6")):
+            tables = set(state["tables"][family]) - {RT_TABLE_LOCAL} | {RT_TABLE_MAIN}
+            lines += [f"route flush table {t}" for t in sorted(tables)]
             lines += ["rule flush", "rule add priority 32766 table main"]
         ip4 += ["rule add priority 32767 table default", "neigh flush all"]
         if self.image is not None and self.image.mptcp:
@@ -885,17 +902,23 @@ class Guest:
             if self._mptcp_limits:
                 ip4.append("mptcp limits set " + " ".join(self._mptcp_limits))
         commands: list[list[str]] = []
-        for name, lines, argv in (("tc", tc, ["tc", "-force", "-batch"]), ("ip4", ip4, ["ip", "-4", "-force", "-batch"]),
+        for name, lines, argv in (("ip4", ip4, ["ip", "-4", "-force", "-batch"]), ("tc", tc, ["tc", "-force", "-batch"]),
                                   ("ip6", ip6, ["ip", "-6", "-force", "-batch"])):
+            if not lines:  # no qdisc configured: no tc to start
+                continue
             path = f"/run/tb-reset.{name}"
             self.write_file(path, ("\n".join(lines) + "\n").encode())
             commands.append([*argv, path])
         commands.append(["nft", "flush", "ruleset"])
         self._batch(commands, stop_on_error=False)
+        lap("network")
         done["commands"] = len(tc) + len(ip4) + len(ip6) + 1
-        done["ifbs_deleted"] = [link["ifname"] for link in ifbs if "ifname" in link]
+        done["links_deleted"] = new_links
+        done["qdiscs_deleted"] = len(tc)
         done["sysctls_restored"] = [p.removeprefix("/proc/sys/").replace("/", ".")
                                     for p in self._request("sysctl_restore", wait=60)["restored"]]
+        lap("sysctls")
+        done["seconds"] = seconds
         return done
 
     def detach(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ Events    {"ev": "hello", ...}          once, when the daemon is ready
 Ops: ping; run (argv, timeout, input, merge) → rc, out, err, timed_out; batch (commands) → results;
 start (argv, stdin, stdout, stderr: "pipe"|"null"|"stdout") → h, pid; stdin (h, data, close);
 signal (h, sig, group); killall; read_file (path) / read_files (paths); write_file (path, data, mode);
-sysctl_snapshot; sysctl_restore → restored; poweroff. Binary data is base64.
+sysctl_snapshot; sysctl_restore → restored; net_state → new_links, tables, qdiscs; poweroff. Binary data is base64.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import base64
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -67,7 +69,8 @@ class Daemon:
         self.procs: dict[int, subprocess.Popen] = {}
         self.next_handle = 1
         self.plock = threading.Lock()
-        self.sysctls: dict[str, str] = {}
+        self.sysctls: dict[str, str] = {}  # /proc/sys path → value, as at the snapshot
+        self.ifindex: dict[str, int] = {}  # device name → ifindex, as at the snapshot
 
     # ---------------------------------------------------------------------------------- wire
     def send(self, obj: dict) -> None:
@@ -259,20 +262,59 @@ class Daemon:
 
     def op_sysctl_snapshot(self, req: dict) -> dict:
         self.sysctls = _read_sysctls(req.get("root", "/proc/sys/net"))
+        self.ifindex = _ifindexes()
         return {"count": len(self.sysctls)}
 
     def op_sysctl_restore(self, req: dict) -> dict:
+        """Every snapshot value that differs now, written back. Only the snapshot's own paths are read
+        (the tree is not walked again: thousands of stat() calls under TCG), and a device's entries
+        follow the device through renames (a pooled guest's NICs take each topology's names)."""
         restored = []
-        now = _read_sysctls(req.get("root", "/proc/sys/net"))
+        now = {index: name for name, index in _ifindexes().items()}
+        renamed = {old: now.get(index) for old, index in self.ifindex.items()}
         for path, value in self.sysctls.items():
-            if path in now and now[path] != value:
+            path = _renamed(path, renamed)
+            if path is None:  # its device is gone
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
                 try:
-                    with open(path, "w") as f:
-                        f.write(value)
-                    restored.append(path)
-                except OSError:
-                    pass
+                    current = os.read(fd, 65536).decode()
+                finally:
+                    os.close(fd)
+                if current == value:
+                    continue
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.write(fd, value.encode())
+                finally:
+                    os.close(fd)
+                restored.append(path)
+            except OSError:
+                pass
         return {"restored": restored}
+
+    def op_net_state(self, req: dict) -> dict:
+        """What reset() must undo, read over rtnetlink (no process started): links made since the
+        snapshot, the routing tables in use per family, and every qdisc a cell configured (a root
+        qdisc with a handle, or an ingress qdisc; the kernel's default root qdiscs have handle 0)."""
+        names = {index: name for name, index in _ifindexes().items()}
+        booted = set(self.ifindex.values())
+        tables: dict[str, list[int]] = {}
+        for family, key in ((socket.AF_INET, "4"), (socket.AF_INET6, "6")):
+            found = set()
+            for _type, body, attrs in _netlink_dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)):
+                table = struct.unpack_from("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else body[4]
+                found.add(table)
+            tables[key] = sorted(found)
+        qdiscs = []
+        for _type, body, attrs in _netlink_dump(RTM_GETQDISC, struct.pack("=BxxxiIII", 0, 0, 0, 0, 0)):
+            _family, ifindex, handle, parent, _info = struct.unpack_from("=BxxxiIII", body)
+            kind = attrs.get(TCA_KIND, b"").rstrip(b"\0").decode()
+            if ifindex in names and (kind == "ingress" or (parent == TC_H_ROOT and handle != 0)):
+                qdiscs.append({"dev": names[ifindex], "kind": kind, "root": kind != "ingress"})
+        return {"new_links": sorted(name for index, name in names.items() if booted and index not in booted),
+                "tables": tables, "qdiscs": qdiscs}
 
     def op_poweroff(self, req: dict) -> dict:
         def off() -> None:
@@ -296,6 +338,76 @@ def _read_sysctls(root: str) -> dict[str, str]:
             except OSError:  # write-only or unreadable entries (e.g. route/flush)
                 continue
     return values
+
+
+# rtnetlink (linux/rtnetlink.h, linux/netlink.h): what op_net_state dumps.
+RTM_GETROUTE, RTM_GETQDISC = 26, 38
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTA_TABLE, TCA_KIND = 15, 1
+TC_H_ROOT = 0xFFFFFFFF
+_RTMSG_SIZE = {RTM_GETROUTE - 2: 12, RTM_GETQDISC - 2: 20}  # replies (RTM_NEW*): rtmsg, tcmsg
+
+
+def _netlink_dump(request: int, header: bytes) -> list[tuple[int, bytes, dict[int, bytes]]]:
+    """An rtnetlink dump: (message type, fixed header, {attribute type: payload}) per message."""
+    out: list[tuple[int, bytes, dict[int, bytes]]] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.settimeout(10)
+        sock.send(struct.pack("=IHHII", 16 + len(header), request, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + header)
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, mtype, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
+                if length < 16:
+                    return out
+                if mtype == NLMSG_DONE:
+                    return out
+                if mtype == NLMSG_ERROR:
+                    errno = -struct.unpack_from("=i", data, offset + 16)[0]
+                    if errno:
+                        raise OSError(errno, os.strerror(errno))
+                    return out
+                fixed = _RTMSG_SIZE.get(mtype)
+                if fixed is not None:
+                    body = data[offset + 16:offset + 16 + fixed]
+                    attrs: dict[int, bytes] = {}
+                    at = offset + 16 + fixed
+                    while at + 4 <= offset + length:
+                        alen, atype = struct.unpack_from("=HH", data, at)
+                        if alen < 4:
+                            break
+                        attrs[atype & 0x3FFF] = data[at + 4:at + alen]
+                        at += (alen + 3) & ~3
+                    out.append((mtype, body, attrs))
+                offset += (length + 3) & ~3
+
+
+# /proc/sys/net/<family>/<kind>/<device>/...: the directories named after a device.
+_DEVICE_DIRS = {("ipv4", "conf"), ("ipv6", "conf"), ("ipv4", "neigh"), ("ipv6", "neigh"), ("mpls", "conf")}
+
+
+def _ifindexes() -> dict[str, int]:
+    out = {}
+    for name in os.listdir("/sys/class/net"):
+        try:
+            with open(f"/sys/class/net/{name}/ifindex") as f:
+                out[name] = int(f.read())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _renamed(path: str, renamed: dict[str, str | None]) -> str | None:
+    """A snapshot path under the device's current name; None when the device is gone."""
+    parts = path.split("/")  # "", "proc", "sys", "net", family, kind, device, ...
+    if len(parts) > 7 and (parts[4], parts[5]) in _DEVICE_DIRS and parts[6] in renamed:
+        name = renamed[parts[6]]
+        if name is None:
+            return None
+        parts[6] = name
+    return "/".join(parts)
 
 
 def _env(extra: dict | None) -> dict[str, str]:

@@ -193,10 +193,17 @@ class Deadline:
 # ------------------------------------------------------------------------------- payload stream
 
 
-def pattern_block(seed: int) -> bytes:
-    import random
+_blocks: dict[int, bytes] = {}
 
-    return random.Random(seed).randbytes(BLOCK_SIZE)
+
+def pattern_block(seed: int) -> bytes:
+    """The 1 MiB block of ``seed``, made once per process: a transfer's side makes it to send or
+    check the stream and again for its digest (under TCG a block costs a tenth of a second)."""
+    if seed not in _blocks:
+        import random
+
+        _blocks[seed] = random.Random(seed).randbytes(BLOCK_SIZE)
+    return _blocks[seed]
 
 
 def iter_stream(seed: int, size: int, block: bytes | None = None) -> Iterator[memoryview]:
