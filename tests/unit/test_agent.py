@@ -573,3 +573,57 @@ def test_bulk_mptcp_with_a_joined_subflow(tmp_path: Path) -> None:
     counters = {line.split()[0]: int(line.split()[1]) for line in (tmp_path / "server.out.nstat").read_text()
                 .splitlines() if line.startswith("MPTcpExt")}
     assert counters["MPTcpExtMPJoinSynAckRx"] >= 1 and counters["MPTcpExtMPJoinAckRx"] >= 1
+
+
+# Every mode in a fresh network namespace, started exactly as the drivers start it (python -S AGENT):
+# a bulk upload, a download the client aborts, request/response, and request/response through a
+# real Transport Converter (convertd), the relay client.
+_EVERY_MODE_SCRIPT = """
+"$1" link set lo up || exit 98
+"$1" addr add 10.77.0.1/32 dev lo || exit 98  # a converter refuses loopback destinations (RFC 8803)
+py=$2 agent=$3 convertd=$4 out=$5
+"$py" -S -I "$agent" bulk-server --bind 127.0.0.1 --port 5001 --size 3M --seed 5 --timeout 20 > "$out/up.server" &
+"$py" -S -I "$agent" bulk-client --connect 127.0.0.1 --port 5001 --size 3M --seed 5 --timeout 20 > "$out/up.client"
+wait
+abort="--direction download --size 3M --abort-after 1M --timeout 20"
+"$py" -S -I "$agent" bulk-server --bind 127.0.0.1 --port 5002 $abort > "$out/abort.server" &
+"$py" -S -I "$agent" bulk-client --connect 127.0.0.1 --port 5002 $abort > "$out/abort.client"
+wait
+"$py" -S -I "$agent" rr-server --bind 10.77.0.1 --port 5003 --response-size 100 --timeout 20 > "$out/rr.server" &
+rr=$!
+"$py" -S "$convertd" --bind 127.0.0.1 --port 5124 --protocol tcp --tfo-qlen 0 > /dev/null 2>&1 &
+cd=$!
+rr_args="--connect 10.77.0.1 --port 5003 --request-size 10 --response-size 100 --timeout 20"
+"$py" -S -I "$agent" rr-client $rr_args --requests 20 > "$out/rr.client"
+for i in $(seq 100); do "$1" -n ss -Htln 2>/dev/null | grep -q ':5124 ' && break; sleep 0.05; done
+"$py" -S -I "$agent" rr-client $rr_args --requests 3 --protocol tcp --new-connection-per-request \
+    --via converter:127.0.0.1:5124 > "$out/via.client"
+kill $rr $cd
+wait
+"""
+
+
+@needs_root
+@needs_mptcp
+@pytest.mark.root
+def test_every_mode_runs_in_a_new_namespace(tmp_path: Path) -> None:
+    ip = _tool("ip")
+    if ip is None or _tool("ss") is None:
+        pytest.skip("ip or ss not found")
+    convertd = Path(__file__).resolve().parents[2] / "testbed" / "emulation" / "functions" / "convertd.py"
+    rc, out, err = _in_new_netns(_EVERY_MODE_SCRIPT, ip, PY, str(AGENT), str(convertd), str(tmp_path))
+    assert rc == 0, err
+    runs = {f.name: _one_json(f.read_text(), ready=f.suffix == ".server") for f in tmp_path.iterdir()}
+    assert set(runs) == {"up.server", "up.client", "abort.server", "abort.client", "rr.server", "rr.client",
+                         "via.client"}
+    for name, run in runs.items():
+        assert run["errors"] == [], (name, run["errors"])
+    assert runs["up.client"]["intact"] and runs["up.client"]["sha256_local"] == runs["up.server"]["sha256"]
+    assert runs["up.client"]["is_mptcp"] is True and runs["up.server"]["bytes"] == 3_000_000
+    assert runs["abort.client"]["aborted"] and runs["abort.client"]["intact"]
+    assert runs["abort.server"]["peer_reset"] is True
+    assert runs["rr.client"]["ok"] == 20 and runs["rr.client"]["is_mptcp"] is True
+    assert runs["rr.server"]["stopped_by"] == "signal" and runs["rr.server"]["requests"] == 23
+    via = runs["via.client"]
+    assert via["ok"] == 3 and via["connections"] == 3 and via["via"] == {"kind": "converter", "host": "127.0.0.1",
+                                                                        "port": 5124}
