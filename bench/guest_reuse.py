@@ -77,6 +77,9 @@ def main() -> int:
     stats = manifest.get("guests", {})
     print(f"guests: booted {stats.get('booted')}, lent {stats.get('lent')}, reused {stats.get('reused')}, "
           f"discarded {stats.get('discarded')}, boot {stats.get('boot_seconds')} s")
+    if stats.get("reset_seconds"):
+        print(f"reset by the cells: median {statistics.median(stats['reset_seconds']):.2f} s; per step "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in stats.get("reset_step_median_seconds", {}).items()))
     if reused and hosts:
         print(f"median cell: host {statistics.median(hosts):.2f} s, reused {args.guest} guest "
               f"{statistics.median(reused):.2f} s; the guest adds a median {statistics.median(extra):.2f} s per cell "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import threading
 import time
@@ -52,10 +53,15 @@ class LenderStats:
     reused: int = 0  # leases served by a guest that had served a cell before
     discarded: int = 0  # guests shut down because a cell did not give them back clean
     boot_seconds: list[float] = field(default_factory=list)
+    resets: list[dict[str, float]] = field(default_factory=list)  # seconds per step of each cell's reset
 
     def as_dict(self) -> dict[str, Any]:
+        steps = {step for r in self.resets for step in r}
         return {"booted": self.booted, "lent": self.lent, "reused": self.reused, "discarded": self.discarded,
-                "boot_seconds": [round(s, 2) for s in self.boot_seconds]}
+                "boot_seconds": [round(s, 2) for s in self.boot_seconds],
+                "reset_seconds": [round(sum(r.values()), 2) for r in self.resets],
+                "reset_step_median_seconds": {s: round(statistics.median(r[s] for r in self.resets if s in r), 3)
+                                              for s in sorted(steps)}}
 
 
 @dataclass
@@ -163,6 +169,10 @@ class GuestLender:
         try:
             if result is not None and result.get("clean"):
                 guest.resume(result.get("nics"))
+                seconds = (result.get("reset") or {}).get("seconds")
+                if isinstance(seconds, dict):
+                    with self._lock:
+                        self.stats.resets.append({str(k): float(v) for k, v in seconds.items()})
             else:
                 self._check_taps(guest)
                 guest.resume()
