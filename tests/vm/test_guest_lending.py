@@ -82,8 +82,13 @@ def test_a_lent_guest_comes_back_clean_or_is_replaced(tmp_path):
 
         r, third = borrow(lender, "three", "lose-tap")
         assert third is first and r.returncode == -9
-        assert lender.stats.as_dict() | {"boot_seconds": None} == {
-            "booted": 1, "lent": 3, "reused": 2, "discarded": 1, "boot_seconds": None}
+        stats = lender.stats.as_dict()
+        assert stats | {"boot_seconds": None, "reset_seconds": None, "reset_step_median_seconds": None} == {
+            "booted": 1, "lent": 3, "reused": 2, "discarded": 1, "boot_seconds": None, "reset_seconds": None,
+            "reset_step_median_seconds": None}
+        # the one cell that gave its guest back clean reported its reset, step by step
+        assert len(stats["reset_seconds"]) == 1 and stats["reset_seconds"][0] > 0
+        assert set(stats["reset_step_median_seconds"]) == {"kill", "list", "network", "sysctls"}
         assert first.proc is None  # shut down: a guest with a lost NIC cannot serve another cell
         r, fourth = borrow(lender, "four", "give")
         assert r.returncode == 0 and fourth is not first and lender.stats.booted == 2
