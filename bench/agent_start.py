@@ -6,7 +6,7 @@ server. The agent is started exactly as the drivers start it (`python -S AGENT M
 `--agent PATH` times another copy (e.g. an older agent.py) the same way: it must be a path the guest
 sees (not under /tmp). The guest part boots the image (cached; built first when not) once, not timed.
 
-    sudo .venv/bin/python bench/agent_start.py [--runs 5] [--agent PATH] [--image linux-6.1] [--no-guest]
+    sudo .venv/bin/python bench/agent_start.py [--runs 5] [--agent PATH] [--image linux-6.1] [--no-guest] [--json FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import benchjson  # noqa: E402
 
 from testbed.workloads import drivers  # noqa: E402
 
@@ -68,8 +70,13 @@ def measure(popen: Callable[[list[str]], Any], agent: str, runs: int, timeout: f
     return {k: statistics.median(v) for k, v in rows.items()}
 
 
+ROWS: list[list[object]] = []
+
+
 def show(where: str, figures: dict[str, float], runs: int) -> None:
     own = figures["server ready"] - figures["interpreter"]
+    ROWS.append([where, round(figures["interpreter"], 3), round(figures["server ready"], 3), round(own, 3),
+                 round(figures["client run"], 3)])
     print(f"{where:<24} interpreter {figures['interpreter']:.3f} s, server ready {figures['server ready']:.3f} s "
           f"(agent's own {own:.3f} s), client run {figures['client run']:.3f} s  (median of {runs})", flush=True)
 
@@ -80,7 +87,18 @@ def main() -> int:
     parser.add_argument("--agent", default=str(drivers.AGENT), help="what to start (default: the drivers' agent)")
     parser.add_argument("--image", default="linux-6.1")
     parser.add_argument("--no-guest", action="store_true", help="time only here")
+    parser.add_argument("--json", default=None, help="also write the figures to this file (bench/run_all.py)")
     args = parser.parse_args()
+    try:
+        return _main(args)
+    finally:
+        benchjson.write(args.json, "agent_start", [benchjson.table(
+            f"agent start-up, median of {args.runs} (seconds)",
+            ["where", "interpreter", "server ready", "agent's own", "client run"], ROWS)],
+            notes=[f"agent: {args.agent}", f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}"])
+
+
+def _main(args: argparse.Namespace) -> int:
     agent = str(Path(args.agent).resolve())
     print(f"agent: {agent}")
 

@@ -84,6 +84,7 @@ def main() -> int:
         print(f"median cell: host {statistics.median(hosts):.2f} s, reused {args.guest} guest "
               f"{statistics.median(reused):.2f} s; the guest adds a median {statistics.median(extra):.2f} s per cell "
               f"({len(extra)} scenarios)" if extra else "")
+    phase_rows: list[list[object]] = []
     phases: dict[str, dict[str, list[float]]] = {}
     for c in ran:
         if c["client"] == args.guest and c["scenario"] == first:
@@ -96,6 +97,7 @@ def main() -> int:
         for phase, by in phases.items():
             h, g = (statistics.median(by[k]) if by.get(k) else float("nan") for k in ("host", args.guest))
             print(f"{phase:<20} {h:7.2f} {g:13.2f} {g - h:8.2f}")
+            phase_rows.append([phase, round(h, 2), round(g, 2), round(g - h, 2)])
     print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"archive: {run_dir}")
     notes = [f"guests: booted {stats.get('booted')}, lent {stats.get('lent')}, reused {stats.get('reused')}, "
@@ -104,9 +106,16 @@ def main() -> int:
         notes.append(f"median cell: host {statistics.median(hosts):.2f} s, reused {args.guest} guest "
                      f"{statistics.median(reused):.2f} s; the guest adds a median {statistics.median(extra):.2f} s "
                      f"per cell (target <= 1.5 s)")
-    benchjson.write(args.json, "guest_reuse", [benchjson.table(
-        f"matrix cells, host and a reused {args.guest} guest client", ["scenario", "host s", f"{args.guest} s",
-                                                                       "extra s", "verdicts"], table)],
+    if stats.get("reset_seconds"):
+        notes.append(f"reset by the cells: median {statistics.median(stats['reset_seconds']):.2f} s; per step "
+                     + ", ".join(f"{k} {v:.2f} s" for k, v in stats.get("reset_step_median_seconds", {}).items()))
+    notes.append(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    tables = [benchjson.table(f"matrix cells, host and a reused {args.guest} guest client",
+                              ["scenario", "host s", f"{args.guest} s", "extra s", "verdicts"], table)]
+    if phase_rows:
+        tables.append(benchjson.table("median seconds per run phase (teardown includes the guest's reset)",
+                                      ["phase", "host", args.guest, "extra"], phase_rows))
+    benchjson.write(args.json, "guest_reuse", tables,
         notes=notes, figures={"extra_s": extra, "reused_s": reused, "host_s": hosts, "guests": stats})
     return 0
 
