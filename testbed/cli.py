@@ -330,7 +330,7 @@ def _matrix(args: argparse.Namespace) -> int:
     if args.inventory is not None:
         from testbed.provision.shard import run_sharded
 
-        return run_sharded(args)
+        return run_sharded(args, (_csv(args.clients), _csv(args.servers), _csv(args.scenarios)))
     pid_file = args.pid_file
     if pid_file is not None:  # a controller signals the matrix through it (testbed.provision.shard)
         pid_file.parent.mkdir(parents=True, exist_ok=True)

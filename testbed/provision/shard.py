@@ -40,8 +40,9 @@ STOP_WAIT = 60.0  # seconds a host's interrupted matrix gets to archive itself
 PLAY_MARGIN = 300.0  # seconds beyond the cells' own timeouts before a play is given up
 
 
-def run_sharded(args: argparse.Namespace) -> int:
-    from testbed.cli import _csv
+def run_sharded(args: argparse.Namespace, axes: tuple[list[str] | None, ...]) -> int:
+    """`testbed matrix --inventory`: `args` as the CLI parsed them, `axes` its --clients, --servers
+    and --scenarios as lists (None: the suite's)."""
     from testbed.matrix import history
     from testbed.matrix import probes as probe_cells
     from testbed.matrix.runner import MatrixRunner
@@ -50,7 +51,7 @@ def run_sharded(args: argparse.Namespace) -> int:
     loaded = load_suite(args.suite)
     inventory = load_inventory(args.inventory)
     suite_arg = _remote_suite(loaded.path)
-    axes, only = (_csv(args.clients), _csv(args.servers), _csv(args.scenarios)), None
+    only = None
     if args.cells is not None:
         from testbed.matrix.cellsfile import load_cells
 

@@ -36,3 +36,18 @@ def test_the_check_sees_both_spellings(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("from testbed.workloads import process\nfrom testbed.x import _hidden\nprocess._lock\n")
     assert private_uses(sample) == ["sample.py:2: from testbed.x import _hidden", "sample.py:3: process._lock"]
+
+
+def test_only_the_entry_point_imports_the_cli():
+    """The CLI is the top of the import direction (spec <- emulation/stacks/workloads <- runner <- cli)."""
+    users = []
+    for path in sorted((ROOT / "testbed").rglob("*.py")):
+        if path.name in ("cli.py", "__main__.py") and path.parent.name == "testbed":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "testbed":
+                names += [f"testbed.{a.name}" for a in node.names]
+            users += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n == "testbed.cli"]
+    assert not users, users
