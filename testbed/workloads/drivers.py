@@ -1,6 +1,6 @@
 """Workloads run between two nodes; each returns a structured result.
 
-The bulk and request/response workloads use the stdlib-only agent (agent.py) started inside the
+The bulk and request/response workloads use the stdlib-only agent (the agent package) started inside the
 node's namespace, opening MPTCP sockets natively; iperf3 runs under `mptcpize` for MPTCP."""
 
 from __future__ import annotations
