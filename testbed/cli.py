@@ -88,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("names", nargs="*", help="e.g. linux-6.1 (default: every known image)")
     im.add_argument("--list", action="store_true", help="only list what is cached")
     im.add_argument("--refresh", action="store_true", help="look for a newer kernel package")
+    pv = sub.add_parser("provision", help="run a playbook (playbooks/) on the hosts of an Ansible inventory")
+    pv.add_argument("inventory", type=Path, help="an Ansible inventory in YAML (or JSON)")
+    pv.add_argument("playbook", type=Path, help="e.g. playbooks/kernel-upstream.yml")
+    pv.add_argument("--limit", metavar="HOSTS", help="only these hosts or groups (Ansible's --limit)")
+    pv.add_argument("--extra-vars", "--extra", "-e", dest="extra", action="append", default=[],
+                    metavar="NAME=VALUE|@FILE", help="playbook variables (values read as YAML)")
+    pv.add_argument("--check", action="store_true", help="Ansible's check mode: report, change nothing")
+    pv.add_argument("--timeout", type=float, metavar="S", help="stop the whole run after S seconds")
+    pv.add_argument("--accept-new-host-keys", action="store_true",
+                    help="record the key of a host not yet in known_hosts (a changed key is still refused)")
+    pv.add_argument("--results", type=_dir, default="results")
     c = sub.add_parser("clean", help="remove what killed runs left behind (only ours)")
     c.add_argument("--force", action="store_true", help="also runs whose owner still seems alive")
     return p
@@ -183,6 +194,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _sweep(args)
     if cmd == "images":
         return _images(args)
+    if cmd == "provision":
+        from testbed.provision.command import Request, provision
+
+        return provision(Request(args.inventory, args.playbook, args.limit, args.extra, args.check, args.timeout,
+                                 args.accept_new_host_keys, args.results))
     if cmd == "clean":
         return _clean(args.force)
     raise AssertionError(cmd)

@@ -161,11 +161,26 @@ def check_netns() -> Check:
     return Check(NETNS, False, res.text or f"unshare exited {res.rc}", disables, True)
 
 
-def _oot_version() -> str:
-    """The out-of-tree stack's release, from the kernel log if readable (best effort)."""
-    res = _run(["dmesg"], timeout=2.0)
-    m = re.search(r"MPTCP: (?:Stable release )?(v0\.\d+\S*)", res.out)
-    return m.group(1) if m else "v0.9x"
+def _read_or_none(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def oot_summary(read: Callable[[str], str | None], release: str, dmesg: str, config: str | None) -> str | None:
+    """The out-of-tree (v0.9x) stack as the v0.92 driver detects it, or None when it is not one."""
+    from testbed.stacks import v092
+
+    p = v092.probe(read, release, dmesg, config)
+    if p is None:
+        return None
+    parts = [f"out-of-tree {p.release or 'v0.9x'} (RFC 6824 v0), kernel {release}",
+             f"net.mptcp.mptcp_enabled={p.sysctls.get('mptcp_enabled', '?')}"]
+    if p.snmp:
+        parts.append(f"counters in {v092.SNMP}")
+    parts.append(f"path managers: {', '.join(p.path_managers)}; schedulers: {', '.join(p.schedulers)}")
+    return "; ".join(parts)
 
 
 def check_mptcp() -> Check:
@@ -179,11 +194,9 @@ def check_mptcp() -> Check:
         return Check(MPTCP, True, "; ".join(parts), "", True)
     disables = "local mode (needs upstream MPTCP, Linux >= 5.6); remote and guest nodes still work"
     if (_MPTCP_PROC / "mptcp_enabled").exists():
-        parts = [f"out-of-tree {_oot_version()} (RFC 6824 v0), kernel {release}",
-                 f"net.mptcp.mptcp_enabled={_read(_MPTCP_PROC / 'mptcp_enabled')}"]
-        if Path("/proc/net/mptcp_net/snmp").exists():
-            parts.append("counters in /proc/net/mptcp_net/snmp")
-        return Check(MPTCP, False, "; ".join(parts), disables, True)
+        summary = oot_summary(_read_or_none, release, _run(["dmesg"], timeout=2.0).out,
+                              _read_or_none(f"/boot/config-{release}"))
+        return Check(MPTCP, False, summary or f"out-of-tree, kernel {release}", disables, True)
     return Check(MPTCP, False, f"none, kernel {release}", disables, True)
 
 

@@ -402,12 +402,16 @@ def _tail(stdout: str, lines: int = 6) -> str:
 
 
 def _close_masters(control_dir: Path) -> None:
-    """`ssh -O exit` every connection master of the run (they daemonise and would linger)."""
+    """`ssh -O exit` every connection master of the run (they daemonise and would linger). Two
+    passes: a master still starting when the run was killed binds its socket a moment later."""
     deadline = time.monotonic() + 10
-    for sock in sorted(control_dir.glob("*")):
-        if time.monotonic() > deadline:
-            break
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "testbed-control"],
-                           capture_output=True, timeout=5)
+    for attempt in range(2):
+        if attempt:
+            time.sleep(0.5)
+        for sock in sorted(control_dir.glob("*")):
+            if time.monotonic() > deadline:
+                break
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "testbed-control"],
+                               capture_output=True, timeout=5)
     shutil.rmtree(control_dir, ignore_errors=True)

@@ -1,21 +1,25 @@
-"""kernel-upstream.yml for real through ansible-runner against an sshd in a network namespace: its
-sysctl, limits and verify tasks change the host's own namespace, and a second run changes nothing."""
+"""`testbed provision` for real against sshd hosts in network namespaces: kernel-upstream.yml's
+sysctl, limits and verify tasks change each host's own namespace, inventory variables override
+the role defaults, a second run changes nothing, and the run is archived with its inputs' hashes
+and no secret. Ctrl-C stops a run within seconds (exit 130, archive 'interrupted')."""
 
 from __future__ import annotations
 
-import os
+import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import requires_root
+from tests.conftest import requires_root, run_cli
 
 pytestmark = [requires_root, pytest.mark.root]
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent  # the venv's ansible-playbook
+PROBE = ROOT / "tests" / "fixtures" / "playbooks" / "probe.yml"
 
 
 def _netns_sysctl(netns: str, key: str) -> str:
@@ -23,36 +27,101 @@ def _netns_sysctl(netns: str, key: str) -> str:
                           text=True, check=True).stdout.strip()
 
 
-def test_kernel_upstream_applies_in_the_host_namespace_and_is_idempotent(ssh_hosts, tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")  # ansible-runner looks ansible-playbook up there
-    ansible_runner = pytest.importorskip("ansible_runner", reason="ansible-runner (pip extra 'provision')")
-    host = ssh_hosts(1)[0]
+def _limits(netns: str) -> str:
+    return subprocess.run(["ip", "-n", netns, "mptcp", "limits", "show"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_provision_kernel_upstream_in_each_host_namespace_idempotent_and_archived(ssh_hosts, tmp_path):
+    pytest.importorskip("ansible_runner", reason="ansible-runner (pip extra 'provision')")
+    hosts = ssh_hosts(2)
     before_root = Path("/proc/sys/net/mptcp/add_addr_timeout").read_text().strip()
     wanted = "61" if before_root != "61" else "62"
-    extravars = {
-        "kernel_min_version": "5.15",
-        "kernel_reboot": False,  # never reboot the machine the tests run on
-        "mptcp_sysctls": {"net.mptcp.enabled": 1, "net.mptcp.add_addr_timeout": int(wanted)},
-        "mptcp_sysctl_file": "/srv/sysctl.d/90-testbed-mptcp.conf",  # the host's own directory
-        "mptcp_limits": {"subflows": 4, "add_addr_accepted": 4},
-    }
-    inventory = {"all": {"hosts": {host.name: host.inventory_vars()}}}
+    inv = hosts.inventory()
+    group = inv["all"]["children"]["testbed_hosts"]
+    group["vars"] = {"mptcp_limits": {"subflows": 4, "add_addr_accepted": 4}}  # group vars beat role defaults
+    group["hosts"]["h2"]["mptcp_limits"] = {"subflows": 3, "add_addr_accepted": 1}  # host vars beat group vars
+    inventory = tmp_path / "hosts.json"
+    inventory.write_text(json.dumps(inv))
+    extra = tmp_path / "extra.yml"
+    extra.write_text("kernel_reboot: false  # never reboot the machine the tests run on\n"
+                     "mptcp_sysctl_file: /srv/sysctl.d/90-testbed-mptcp.conf  # the host's own directory\n"
+                     f"mptcp_sysctls: {{net.mptcp.enabled: 1, net.mptcp.add_addr_timeout: {wanted}}}\n"
+                     "site_password: hunter2-xyz\n")
+    results = tmp_path / "results"
     runs = []
     for attempt in (1, 2):
-        data_dir = tmp_path / f"runner{attempt}"
-        data_dir.mkdir()
-        run = ansible_runner.run(private_data_dir=str(data_dir),
-                                 playbook=str(ROOT / "playbooks" / "kernel-upstream.yml"),
-                                 inventory=inventory, extravars=extravars, quiet=True, timeout=300,
-                                 envvars={"ANSIBLE_PIPELINING": "1"})
-        assert run.status == "successful", (run.status, run.stdout.read()[:1500] + "..." )
-        runs.append(run.stats)
-    assert runs[0]["changed"].get(host.name, 0) >= 1
-    assert runs[1]["changed"].get(host.name, 0) == 0, runs[1]
-    assert _netns_sysctl(host.netns, "net.mptcp.add_addr_timeout") == wanted
-    assert Path("/proc/sys/net/mptcp/add_addr_timeout").read_text().strip() == before_root  # per namespace
-    limits = subprocess.run(["ip", "-n", host.netns, "mptcp", "limits", "show"], capture_output=True,
-                            text=True, check=True).stdout
-    assert "subflows 4" in limits and "add_addr_accepted 4" in limits
-    persisted = (host.root / "sysctl.d" / "90-testbed-mptcp.conf").read_text()  # under the host's /srv
-    assert len(re.findall(rf"^net\.mptcp\.add_addr_timeout\s*=\s*{wanted}$", persisted, re.M)) == 1, persisted
+        t0 = time.monotonic()
+        done = run_cli("provision", str(inventory), "playbooks/kernel-upstream.yml", "--extra-vars", f"@{extra}",
+                       "--timeout", "400", "--results", str(results), timeout=450)
+        print(f"run {attempt}: {time.monotonic() - t0:.1f} s")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        run_dir = Path(done.stdout.strip().splitlines()[-1].split("archive: ", 1)[1])
+        runs.append((done.stdout, run_dir, json.loads((run_dir / "manifest.json").read_text())))
+    (out1, dir1, m1), (out2, _, m2) = runs
+    # Live progress, then the summary.
+    assert re.search(r"TASK Set the sysctl values that differ\n\s+changed\s+h[12]", out1), out1[-2000:]
+    assert all(m1["hosts"][h]["status"] == "changed" for h in ("h1", "h2")), m1["hosts"]
+    assert all(m2["hosts"][h]["changed"] == 0 and m2["hosts"][h]["status"] == "ok" for h in ("h1", "h2")), m2["hosts"]
+    # In each host's namespace, not the root one.
+    for host in hosts:
+        assert _netns_sysctl(host.netns, "net.mptcp.add_addr_timeout") == wanted
+        persisted = (host.root / "sysctl.d" / "90-testbed-mptcp.conf").read_text()  # under the host's /srv
+        assert len(re.findall(rf"^net\.mptcp\.add_addr_timeout\s*=\s*{wanted}$", persisted, re.M)) == 1, persisted
+    assert Path("/proc/sys/net/mptcp/add_addr_timeout").read_text().strip() == before_root
+    assert "subflows 4" in _limits(hosts[0].netns) and "add_addr_accepted 4" in _limits(hosts[0].netns)
+    assert "subflows 3" in _limits(hosts[1].netns) and "add_addr_accepted 1" in _limits(hosts[1].netns)
+    # The archive: inputs hashed, events kept, secrets out, verifiable.
+    assert m1["status"] == "complete" and m1["exit_code"] == 0 and m1["kind"] == "provision"
+    assert m1["inputs"]["playbook"]["sha256"] == _sha256(ROOT / "playbooks" / "kernel-upstream.yml")
+    assert {"kernel_upstream", "kernel_boot", "sysctl_apply"} <= set(m1["inputs"]["roles"])
+    for rel, digest in m1["inputs"]["role_files"].items():
+        assert digest == _sha256(ROOT / "playbooks" / rel), rel
+    assert "roles/kernel_upstream/defaults/main.yml" in m1["inputs"]["role_files"]
+    assert m1["inputs"]["extra_vars"]["site_password"] == "<redacted>"
+    assert [h["name"] for h in m1["inputs"]["inventory"]["hosts"]] == ["h1", "h2"]
+    events = json.loads((dir1 / "events.json").read_text())
+    assert any(e.get("event") == "playbook_on_stats" for e in events)
+    for p in dir1.rglob("*"):
+        assert not p.is_file() or b"hunter2" not in p.read_bytes(), p
+    assert run_cli("verify", str(dir1)).returncode == 0
+
+
+def test_ctrl_c_stops_a_provision_run_within_seconds(ssh_hosts, tmp_path):
+    pytest.importorskip("ansible_runner", reason="ansible-runner (pip extra 'provision')")
+    hosts = ssh_hosts(1)
+    inventory = hosts.write_inventory(tmp_path / "hosts.json")
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "provision", str(inventory), str(PROBE),
+                             "-e", "probe_sleep=300", "--results", str(results)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 240
+        assert proc.stdout is not None
+        while "TASK Sleep a while" not in seen and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+        assert "TASK Sleep a while" in seen, seen
+        time.sleep(1)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        print(f"exit {time.monotonic() - t0:.2f} s after SIGINT")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    (run_dir,) = results.iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["exit_code"] == 130, manifest
+    assert manifest["ansible_status"] == "canceled"

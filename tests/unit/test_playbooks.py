@@ -28,7 +28,7 @@ def _env() -> dict[str, str]:
 
 
 def test_there_are_playbooks() -> None:
-    assert {p.name for p in PLAYBOOKS} >= {"testbed-host.yml", "kernel-upstream.yml"}
+    assert {p.name for p in PLAYBOOKS} >= {"testbed-host.yml", "kernel-upstream.yml", "kernel-mptcp-v0.92.yml"}
 
 
 @pytest.mark.parametrize("playbook", PLAYBOOKS, ids=lambda p: p.name)
