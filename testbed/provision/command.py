@@ -82,12 +82,12 @@ def _check_limit(limit: str, inv: Inventory) -> None:
 def syntax_check(playbook: Path, inventory: Path) -> None:
     """ansible-playbook --syntax-check: a missing role, bad module arguments or a Jinja error in a
     play become one `file:line: playbook: problem` line (exit 2) instead of a failed run."""
-    from testbed.provision.playbook import _bin
+    from testbed.provision.playbook import ansible_bin
 
-    binary = _bin() / "ansible-playbook"
+    binary = ansible_bin() / "ansible-playbook"
     argv = [str(binary if binary.exists() else shutil.which("ansible-playbook") or "ansible-playbook"),
             "--syntax-check", "-i", str(inventory), str(playbook)]
-    env = {"PATH": f"{_bin()}:/usr/local/bin:/usr/bin:/bin", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
+    env = {"PATH": f"{ansible_bin()}:/usr/local/bin:/usr/bin:/bin", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
            "HOME": str(Path.home()), "LANG": "C.UTF-8"}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     if done.returncode == 0:

@@ -292,7 +292,8 @@ def _signals_set(flag: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _bin() -> Path:
+def ansible_bin() -> Path:
+    """The directory of this interpreter's scripts: ansible-playbook installed with the testbed."""
     return Path(sys.executable).parent
 
 
@@ -301,7 +302,7 @@ def missing_capability() -> str | None:
         import ansible_runner  # noqa: F401
     except ImportError:
         return "needs ansible-runner (pip install 'testbed[provision]')"
-    if not (_bin() / "ansible-playbook").exists() and not shutil.which("ansible-playbook"):
+    if not (ansible_bin() / "ansible-playbook").exists() and not shutil.which("ansible-playbook"):
         return "needs ansible-playbook (pip install ansible-core)"
     return None
 
@@ -344,7 +345,7 @@ def run_playbook(playbook: Path, inventory: Path | Inventory, *, extravars: dict
                 "-o GlobalKnownHostsFile=/dev/null -o HashKnownHosts=no -o BatchMode=yes "
                 f"-o ControlMaster=auto -o ControlPersist=60s -o ControlPath={control_dir}/%C")
     env = {
-        "PATH": f"{_bin()}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PATH": f"{ansible_bin()}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "ANSIBLE_SSH_ARGS": ssh_args,
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_PIPELINING": "True",
