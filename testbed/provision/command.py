@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed.archive.provenance import git_sha
 from testbed.archive.redact import MARK, redact_data
 from testbed.errors import Problem, SpecError
 from testbed.provision.hosts import Inventory, load_inventory
@@ -273,7 +274,7 @@ def provision(req: Request, console: Any | None = None) -> int:
                                                         and not run.error else "error")
         manifest = {
             "schema_version": 1, "kind": "provision", "testbed_version": testbed.__version__,
-            "git_sha": _git_sha(), "started": run.started.isoformat(timespec="milliseconds"),
+            "git_sha": git_sha(), "started": run.started.isoformat(timespec="milliseconds"),
             "finished": run.finished.isoformat(timespec="milliseconds"), "status": status,
             "exit_code": code, "ansible_status": run.status, "ansible_rc": run.rc, "error": run.error,
             "controller": _controller(),
@@ -298,17 +299,6 @@ def provision(req: Request, console: Any | None = None) -> int:
         raise
     console.print(f"archive: {final}", soft_wrap=True)
     return code
-
-
-def _git_sha() -> str | None:
-    src = Path(testbed_root()).parent
-    if not (src / ".git").exists():
-        return None
-    try:
-        done = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None
 
 
 def testbed_root() -> Path:
