@@ -35,7 +35,7 @@ from testbed.spec.experiment import (
     Workload,
 )
 from testbed.spec.load import LoadedExperiment, is_ip
-from testbed.state import RunState, sweep
+from testbed.state import RunState, sweep, sweep_orphans
 from testbed.verdict import UNOBSERVED, Measurements, judge, outcome
 
 CAPTURE_AUTO_LIMIT = 200_000_000  # bytes moved by bulk workloads above which 'auto' skips pcaps
@@ -510,6 +510,7 @@ class Runner:
         if not abort.settle(0):  # node commands still awaited (a job left hanging by a failed one)
             abort.abort("the run is being torn down")
             abort.settle(3.0)
+        sweep_orphans(state)  # while the node shells still say which namespaces are ours
         try:
             with guard.teardown(budget):
                 self._graceful_teardown(errors)

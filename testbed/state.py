@@ -127,6 +127,19 @@ def anchored_namespaces(namespaces: list[str], live: list[dict]) -> set[str]:
     return {ns for p in live if (ns := netns_inode(p["pid"])) in wanted}
 
 
+def sweep_orphans(state: RunState) -> int:
+    """Kill what the run did not record but left in its namespaces (a hung tool, a workload's child),
+    while its node shells still anchor them; the recorded processes are left to their own teardown.
+    Done before the network stops: once the shells are gone, an inode alone cannot tell our
+    namespace from another run's (see anchored_namespaces)."""
+    live = [p for p in state.processes if proc_start_time(p["pid"]) == p["start"]]
+    namespaces = anchored_namespaces(state.namespaces, live)
+    recorded = {p["pid"] for p in live}
+    orphans = [pid for pid in pids_in_namespaces(namespaces) if pid not in recorded and pid != os.getpid()]
+    kill_all(orphans)
+    return len(orphans)
+
+
 def kill_all(pids: list[int], grace: float = 1.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
