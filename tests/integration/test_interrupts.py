@@ -105,3 +105,22 @@ def test_killed_matrix_is_finished_by_clean(tmp_path):
     assert run_cli("verify", str(runs[0])).returncode == 0
     cells = [p for p in (runs[0] / "cells").iterdir()]
     assert cells and not [c for c in cells if c.name.endswith(".partial")]
+
+
+
+def test_sigint_reaches_a_command_started_with_sigint_ignored(tmp_path):
+    """A background job of a non-interactive shell, nohup or an Ansible async task starts with SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler: `kill -INT` (how a sharded
+    matrix's controller is stopped, and how it stops each host) must still end any testbed command.
+    A render of many empty loops is a command that installs no handler of its own."""
+    template = tmp_path / "slow.yaml.j2"
+    template.write_text("name: x\nnodes: {a: {kind: host}}\n{% for i in range(100000) %}{% for j in range(300) %}"
+                        "{% endfor %}{% endfor %}links: []\n")
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "render", str(template)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err
