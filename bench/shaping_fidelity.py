@@ -229,21 +229,31 @@ def rtt_samples(run_dir: Path, backend: str) -> tuple[list[float], list[float], 
     return ping, ping, "ping"
 
 
+def ping_samples(r: Runner, row: Row, exp: dict, backend: str, count: int):
+    """Runs a ping experiment with captures; (rtts, ping's own rtts, source), or None with the row's
+    verdict saying why (the run failed, or fewer than half the replies came back)."""
+    exp["capture"] = capture_for(backend)
+    run_dir, _, error = r.run(exp)
+    if run_dir is None or error:
+        row.verdict = f"error: {error}"
+        return None
+    rtts, ping, source = rtt_samples(run_dir, backend)
+    if len(rtts) < count // 2:
+        row.verdict = f"error: {len(rtts)} of {count} replies"
+        return None
+    return rtts, ping, source
+
+
 def row_rtt(r: Runner, backend: str, image: str, rtt_ms: int, quick: bool) -> Row:
     count = 100 if quick else 400
     row = Row(backend, "rtt", f"{rtt_ms} ms", target="median, p95 ±5 % or ±1 ms")
     half = f"{rtt_ms / 2:g}ms"
     exp = path_experiment(f"fidelity-rtt-{rtt_ms}", backend, image, {"fwd_delay": half, "rev_delay": half},
                           [{"type": "ping", "count": count, "interval": "20ms", "protocol": "tcp"}])
-    exp["capture"] = capture_for(backend)
-    run_dir, _, error = r.run(exp)
-    if run_dir is None or error:
-        row.verdict = f"error: {error}"
+    samples = ping_samples(r, row, exp, backend, count)
+    if samples is None:
         return row
-    rtts, ping, source = rtt_samples(run_dir, backend)
-    if len(rtts) < count // 2:
-        row.verdict = f"error: {len(rtts)} of {count} replies"
-        return row
+    rtts, ping, source = samples
     med, p95 = statistics.median(rtts), percentile(rtts, 95)
     row.measured = f"{source}: median {med:.2f} ms, p95 {p95:.2f} ms ({len(rtts)} pings)"
     if source != "ping" and ping:
@@ -328,15 +338,10 @@ def row_jitter(r: Runner, backend: str, image: str, quick: bool) -> Row:
     exp = path_experiment("fidelity-jitter", backend, image,
                           {"fwd_delay": half, "rev_delay": half, "fwd_jitter": f"{jit_ms}ms"},
                           [{"type": "ping", "count": count, "interval": f"{2 * jit_ms + 5}ms", "protocol": "tcp"}])
-    exp["capture"] = capture_for(backend)
-    run_dir, _, error = r.run(exp)
-    if run_dir is None or error:
-        row.verdict = f"error: {error}"
+    samples = ping_samples(r, row, exp, backend, count)
+    if samples is None:
         return row
-    rtts, _, source = rtt_samples(run_dir, backend)
-    if len(rtts) < count // 2:
-        row.verdict = f"error: {len(rtts)} of {count} replies"
-        return row
+    rtts, _, source = samples
     sd = statistics.pstdev(rtts)
     p1, p99 = percentile(rtts, 1), percentile(rtts, 99)
     row.measured = f"{source}: sd {sd:.2f} ms, p1 {p1:.2f}, median {statistics.median(rtts):.2f}, p99 {p99:.2f} ms"
