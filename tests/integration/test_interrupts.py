@@ -112,15 +112,21 @@ def test_sigint_reaches_a_command_started_with_sigint_ignored(tmp_path):
     """A background job of a non-interactive shell, nohup or an Ansible async task starts with SIGINT
     ignored, and Python then installs no KeyboardInterrupt handler: `kill -INT` (how a sharded
     matrix's controller is stopped, and how it stops each host) must still end any testbed command.
-    A render of many empty loops is a command that installs no handler of its own."""
+    A render of a loop that would run for hours is a command that installs no handler of its own."""
     template = tmp_path / "slow.yaml.j2"
-    template.write_text("name: x\nnodes: {a: {kind: host}}\n{% for i in range(100000) %}{% for j in range(300) %}"
+    template.write_text("name: x\nnodes: {a: {kind: host}}\n{% for i in range(100000) %}{% for j in range(100000) %}"
                         "{% endfor %}{% endfor %}links: []\n")
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "render", str(template)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    time.sleep(1.5)
+    time.sleep(1.5)  # past the interpreter's start, where the handler is installed
+    assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=90)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("SIGINT was lost: the render was still running 30 s later")
     assert proc.returncode == 130, (proc.returncode, err)
     assert "Traceback" not in err
