@@ -245,7 +245,7 @@ class Sharded:
     def stop(self, hosts: list[str], tag: str) -> None:
         """SIGINT to each host's matrix through its pid file; then wait (bounded) until each has
         removed its pid file, i.e. archived itself."""
-        remotes = {}
+        remotes, sessions = {}, {}
         for host in hosts:
             with contextlib.suppress(Exception):
                 r = Remote(self.target(host), accept_new=False)
@@ -253,6 +253,11 @@ class Sharded:
                 remotes[host] = r
                 pid = (r.read_text(f"{self._remote_dir(host, tag)}/matrix.pid") or "").strip()
                 if pid.isdigit():
+                    # Ansible's async wrapper runs the matrix in a session of its own, and its
+                    # processes outlive the matrix by a moment (they write the job's result).
+                    sid = r.run(["ps", "-o", "sid=", "-p", pid], timeout=10).stdout.strip()
+                    if sid.isdigit() and int(sid) > 1:
+                        sessions[host] = sid
                     r.signal(int(pid), "INT")
         deadline = time.monotonic() + STOP_WAIT
         try:
@@ -262,6 +267,13 @@ class Sharded:
                         if r.read_text(f"{self._remote_dir(host, tag)}/matrix.pid") is None:
                             break
                     except Exception:  # noqa: BLE001 - the connection went: nothing more to wait for
+                        break
+                    time.sleep(0.3)
+                while host in sessions and time.monotonic() < deadline:
+                    try:
+                        if not r.run(["pgrep", "-s", sessions[host]], timeout=10).stdout.split():
+                            break
+                    except Exception:  # noqa: BLE001 - as above
                         break
                     time.sleep(0.3)
         finally:
