@@ -105,6 +105,8 @@ class Runner:
         self.guest_images = guest_images(self.res.topology)  # hosts on QEMU guests: their kernels' features
         for name, cfg in self.loaded.stacks.items():
             image = self.guest_images.get(name)
+            if getattr(self.res.topology.nodes[name], "remote", None) is not None:
+                continue  # a remote machine's kernel: its stack driver checks once it is reached
             if image is not None:
                 upstream.check_supported(cfg, for_kernel(image.release, image.mptcp), name,
                                          where=f"guest image {image.name} (kernel {image.release})")
@@ -201,7 +203,8 @@ class Runner:
         self._mark("preflight")
         self.network = Network(self.res, state, tag=run_dir.tag, log_dir=run_dir.path("logs/guests/x").parent)
         self.network.start()
-        self.manifest["nodes"] = {n: self.network.node(n).describe() if n in self.network.guests
+        self.manifest["nodes"] = {n: self.network.node(n).describe()
+                                  if n in self.network.guests or n in self.network.remotes
                                   else {"backend": "netns", "kernel": self.manifest["host"]["kernel"]}
                                   for n in self.res.l3_nodes()}
         self._mark("network")

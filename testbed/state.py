@@ -47,6 +47,8 @@ class RunState:
     archive: str | None = None  # the run's partial archive directory, finalized by clean() if killed
     # Processes that tear themselves down on SIGTERM (a matrix's cells): signalled and awaited first.
     children: list[dict] = field(default_factory=list)
+    # Hosts on remote machines (ssh.node.RemoteNode.record()): their namespaces there, for `testbed clean`.
+    remotes: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.owner_start is None:
@@ -86,6 +88,16 @@ class RunState:
 
     def add_link(self, name: str) -> None:
         self.links.append(name)
+        self.save()
+
+    def add_remote(self, entry: dict) -> None:
+        with _SAVE_LOCK:
+            self.remotes.append(entry)
+        self.save()
+
+    def drop_remote(self, netns: str) -> None:
+        with _SAVE_LOCK:
+            self.remotes = [r for r in self.remotes if r.get("netns") != netns]
         self.save()
 
     def add_dir(self, path: str) -> None:
@@ -187,6 +199,11 @@ def sweep(state: RunState) -> dict[str, int]:
     import shutil
     import tempfile
 
+    if state.remotes:
+        from testbed.emulation.ssh.node import clean_recorded
+
+        for entry in list(state.remotes):
+            clean_recorded(entry)
     for path in state.dirs:  # only ever temporary directories
         if Path(path).parent == Path(tempfile.gettempdir()):
             shutil.rmtree(path, ignore_errors=True)

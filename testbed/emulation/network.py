@@ -88,6 +88,8 @@ class Network:
         self.bridges: dict[str, str] = {}  # switch name → bridge name in the root namespace
         self.guests: dict[str, Any] = {}  # host name → qemu.node.GuestNode
         self._boots: dict[str, Future] = {}
+        self.remotes: dict[str, Any] = {}  # host name → ssh.node.RemoteNode
+        self._connects: dict[str, Future] = {}
 
     def start(self) -> None:
         mn_net, mn_node, mn_nodelib = mininet_modules()
@@ -97,10 +99,12 @@ class Network:
                 self.bridges[name] = f"tb{self.tag}{len(self.bridges):02d}"
         ports = self._switch_ports()
         self._boot_guests(ports)  # in the background, while the namespaces are made
+        self._connect_remotes()  # likewise
         self.net = mn_net.Mininet(topo=None, controller=None, build=False, autoSetMacs=False)
         self._add_nodes(mn_node, mn_nodelib)
         self._add_links(ports)
         self._wire_guests()
+        self._wire_remotes()
         # Each node has its own shell, so nodes are configured side by side.
         parallel([lambda n=n: self._configure(n) for n in self.resolved.l3_nodes()])
 
@@ -110,7 +114,7 @@ class Network:
         Starting a shell is a fork, an exec and a wait for its first prompt: the shells are started
         side by side, and registered with Mininet and the run's state in topology order."""
         topo = self.resolved.topology
-        order = [n for n in topo.nodes if n not in self.guests]
+        order = [n for n in topo.nodes if n not in self.guests and n not in self.remotes]
         for name in order:
             if topo.nodes[name].kind == "switch":
                 self.state.add_link(self.bridges[name])
@@ -169,8 +173,8 @@ class Network:
         up: list[str] = []
         port_names = []
         for li, link in enumerate(topo.links):
-            if any(end.node in self.guests for end in link.endpoints):
-                continue  # a guest's TAP: wired once the guest is up
+            if any(end.node in self.guests or end.node in self.remotes for end in link.endpoints):
+                continue  # a guest's TAP or a remote host's tunnel: wired once it is up
             names, where = [], []
             for end in link.endpoints:
                 if end.node in self.bridges:
@@ -325,6 +329,66 @@ class Network:
             errors.append(f"{name}: shutting the guest down: {exc}")
         return errors
 
+    # -- remote hosts (ssh) ------------------------------------------------------------------------
+    def _connect_remotes(self) -> None:
+        from testbed.emulation.ssh.node import remote_nodes
+
+        found = remote_nodes(self.resolved.topology, self.tag)
+        if not found:
+            return
+        taken: set[int] = set()
+        for name, rnode in found.items():
+            rnode.plan_tunnels([(i.name, i.link) for i in self.resolved.interfaces[name]], taken)
+            self.remotes[name] = self.nodes[name] = rnode
+        executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="remote-connect")
+        for name, rnode in found.items():
+            self._connects[name] = executor.submit(self._bring_up_remote, rnode)
+        executor.shutdown(wait=False)
+
+    def _bring_up_remote(self, rnode: Any) -> None:
+        rnode.connect()
+        self.state.add_remote(rnode.record())  # before anything is made there: `testbed clean` finds it
+        rnode.build_remote_side()
+
+    def _wire_remotes(self) -> None:
+        """Wait for the remote hosts; make each tunnel's local end and put it where the link's peer is."""
+        from testbed.errors import CapabilityError
+
+        for name, rnode in self.remotes.items():
+            try:
+                self._connects[name].result()
+            except (RunError, CapabilityError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - paramiko's and the OS's errors, said as a run error
+                raise RunError(f"{name}: setting up the remote host {rnode.target.name}: {exc}") from exc
+            lines = []
+            for intf in self.resolved.interfaces[name]:
+                assert intf.peer is not None  # the topology check refuses a remote host on a switch
+                peer, peer_if = intf.peer
+                t = rnode.tunnels[intf.name]
+                t.peer, t.peer_if, t.pid = self.nodes[peer], peer_if, self.nodes[peer].pid
+                self.state.links.append(t.local_dev)
+                lines += [" ".join(rnode.vxlan_argv(t.local_dev, t.vni, rnode.local_ip, rnode.remote_ip)[1:]),
+                          f"link set {t.local_dev} netns {t.pid} name {peer_if}"]
+            self.state.save()
+            root_batch(lines)
+
+    def _stop_remotes(self) -> list[str]:
+        errors: list[str] = []
+
+        def stop(name: str, rnode: Any) -> None:
+            connect = self._connects.get(name)
+            if connect is not None:
+                with contextlib.suppress(Exception):
+                    connect.result(timeout=60)
+            errors.extend(rnode.teardown())
+            if not errors:
+                self.state.drop_remote(rnode.netns)
+            rnode.close()
+
+        parallel([lambda n=name, r=rnode: stop(n, r) for name, rnode in self.remotes.items()])
+        return errors
+
     def _interface_of(self, node: str, link: int) -> Interface:
         return next(i for i in self.resolved.interfaces[node] if i.link == link)
 
@@ -396,6 +460,9 @@ class Network:
         if hard:
             self._kill_guests()
             self.guests = {}
+            for rnode in self.remotes.values():  # the run's sweep removes what they made there
+                rnode.close()
+            self.remotes = {}
             if self.net is not None:
                 nodes = [*self.net.hosts, *self.net.switches]
                 self.net = None
@@ -403,6 +470,8 @@ class Network:
             return
         errors = self._stop_guests() if self.guests else []
         self.guests = {}
+        errors += self._stop_remotes() if self.remotes else []
+        self.remotes = {}
         if self.net is None:
             if errors:
                 raise RunError("; ".join(errors))

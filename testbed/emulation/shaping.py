@@ -20,6 +20,9 @@ Two backends:
      userspace there still count against the sending socket's TCP Small Queues budget, so local TCP
      senders are slow: the description says so.
 
+A link direction with a remote host (ssh backend, a node with ``remote_end``) at either end has its
+delay, jitter and loss at this machine's end of the host's tunnel; its rate is htb on the sender.
+
 A link direction with a QEMU guest at either end (a node with ``shapes_own_links``) is shaped inside
 the guest's own kernel with netem whatever the backend: on its NIC's egress when the guest sends, on
 its ingress through an ifb device when it receives. The guest images load sch_netem, sch_htb, ifb,
@@ -605,6 +608,12 @@ class Shaper:
             return _Site(d.sender, d.sender_if, False,
                          "sender egress: the other end is a switch port; TCP throughput will be limited")
         assert d.receiver_if is not None
+        # A host on a remote machine: its end of the link is a tunnel there; this machine's end is
+        # where the delay line and nftables run (the remote kernel may have neither).
+        if getattr(d.sender, "remote_end", False):
+            return _Site(d.receiver, d.receiver_if, True, "local end of a remote host's tunnel")
+        if getattr(d.receiver, "remote_end", False):
+            return _Site(d.sender, d.sender_if, False, "local end of a remote host's tunnel")
         if self._forwards(d.receiver):
             return _Site(d.receiver, d.receiver_if, True, "forwarding node")
         if self._forwards(d.sender):

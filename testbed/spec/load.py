@@ -71,26 +71,35 @@ def load_experiment(path: Path, overrides: dict[str, tuple[Any, Problem]] | None
 
 
 def _place_guests(exp: Experiment, topo: LoadedTopology, stacks: dict[str, StackConfig], doc: Document) -> None:
-    """`stacks.<node>.guest` puts that host on a QEMU guest: the topology is re-resolved with the image."""
-    wanted = {n: cfg.guest for n, cfg in stacks.items() if cfg.guest and n in exp.stacks and exp.stacks[n].guest}
+    """`stacks.<node>.guest` puts that host on a QEMU guest, `stacks.<node>.remote` on a remote
+    machine: the topology is re-resolved with the node's `image` or `remote`."""
+    wanted: dict[str, tuple[str, dict]] = {}
+    for n, cfg in stacks.items():
+        given = exp.stacks.get(n)
+        if given is not None and given.guest and cfg.guest:
+            wanted[n] = ("guest", {"image": cfg.guest, "remote": None})
+        elif given is not None and given.remote and cfg.remote:
+            wanted[n] = ("remote", {"remote": cfg.remote, "image": None})
     if not wanted:
         return
     nodes = dict(topo.topology.nodes)
     problems = []
-    for name, image in wanted.items():
+    for name, (field, update) in wanted.items():
         node = nodes.get(name)
         if node is None or node.kind != "host":
-            problems.append(doc.problem(("stacks", name, "guest"), "only a host can run on a guest"))
+            where = "a QEMU guest" if field == "guest" else "a remote machine"
+            problems.append(doc.problem(("stacks", name, field), f"only a host can run on {where}"))
             continue
-        nodes[name] = node.model_copy(update={"image": image})
+        nodes[name] = node.model_copy(update=update)
     if problems:
         raise SpecError(problems)
     topo.topology = topo.topology.model_copy(update={"nodes": nodes})
     try:
         topo.resolved = resolve(topo.topology)
     except SpecError as exc:  # e.g. an unknown image: report it where the experiment named it
-        raise SpecError([doc.problem(("stacks", name, "guest"), p.message) for p in exc.problems
-                         for name in wanted][:len(exc.problems)]) from None
+        placed = [(name, field) for name, (field, _) in wanted.items()]
+        raise SpecError([doc.problem(("stacks", name, field), p.message) for p in exc.problems
+                         for name, field in placed][:len(exc.problems)]) from None
 
 
 def _effective_stacks(exp: Experiment, topology: Topology) -> dict[str, StackConfig]:

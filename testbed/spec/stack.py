@@ -10,6 +10,7 @@ from pydantic_core import PydanticCustomError
 
 from testbed.spec.model import Model
 from testbed.spec.names import IfName
+from testbed.spec.remote import RemoteHost
 from testbed.spec.source import guest_image_path, suggest
 
 EndpointFlag = Literal["subflow", "signal", "backup", "fullmesh", "laminar"]
@@ -58,6 +59,10 @@ class StackConfig(Model):
     guest: str | None = Field(None, description="run this host on a QEMU guest booted from this image (as the "
                                                 "topology's `image:`, which it overrides); how the matrix puts an "
                                                 "implementation's kernel on a node")
+
+    remote: RemoteHost | None = Field(None, description="run this host on a remote machine over SSH (as the "
+                                                         "topology's `remote:`, which it overrides); how the matrix "
+                                                         "puts an ssh implementation on a node")
 
     @field_validator("guest")
     @classmethod

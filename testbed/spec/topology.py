@@ -18,6 +18,7 @@ from testbed.spec.functions import FUNCTION_KINDS, FUNCTION_MODELS
 from testbed.spec.model import Model
 from testbed.spec.names import IfName, NodeName, RunName
 from testbed.spec.nodebase import NodeBase
+from testbed.spec.remote import RemoteHost
 from testbed.spec.source import guest_image_path, suggest
 from testbed.spec.units import Duration, Percent, Rate
 
@@ -110,6 +111,9 @@ GUEST_IMAGE = re.compile(r"^[A-Za-z0-9_.+/-]{1,200}$")
 
 class Host(NodeBase):
     kind: Literal["host"]
+    remote: RemoteHost | None = Field(None, description="run this host on a remote machine over SSH (its own "
+                                                         "kernel, in a network namespace there) instead of in a "
+                                                         "namespace here; its links become VXLAN tunnels")
     image: str | None = Field(None, description="run this host on a QEMU guest booted from this kernel image "
                                                 "(linux-5.10, linux-6.1, linux-6.12, or the path of a built image "
                                                 "directory) instead of in a network namespace; its links become "
@@ -126,7 +130,10 @@ class Host(NodeBase):
 
     def check(self, name: str, resolved: Any) -> list[tuple[tuple[str | int, ...], str]]:
         """A guest's image must be known (locations relative to this node); two guests cannot share a
-        point-to-point link (each guest NIC's host side lives with its peer: a switch or a namespace)."""
+        point-to-point link (each guest NIC's host side lives with its peer: a switch or a namespace).
+        A remote host's machine must be in its inventory, and its links end in namespaces here."""
+        if self.remote is not None:
+            return self._check_remote(name, resolved)
         if self.image is None:
             return []
         from testbed.emulation.qemu import images  # lazily: the spec does not depend on the backend
@@ -143,6 +150,37 @@ class Host(NodeBase):
             if intf.peer is not None and getattr(nodes[intf.peer[0]], "image", None):
                 problems.append((("image",), f"'{name}:{intf.name}' is linked directly to '{intf.peer[0]}', another "
                                              "QEMU guest: connect guests through a switch or a router"))
+        return problems
+
+
+    def _check_remote(self, name: str, resolved: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        assert self.remote is not None
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.image is not None:
+            problems.append((("remote",), "a host runs on a QEMU guest (image) or on a remote machine, not both"))
+        from testbed.errors import SpecError
+        from testbed.provision.hosts import load_inventory  # lazily: only remote hosts need it
+
+        path = Path(self.remote.inventory)
+        if not path.is_file():
+            problems.append((("remote", "inventory"), f"no inventory file {path}"))
+        else:
+            try:
+                hosts = load_inventory(path).hosts
+            except SpecError as exc:
+                problems.append((("remote", "inventory"), f"{path}: {exc.problems[0].message}"))
+            else:
+                if self.remote.host not in hosts:
+                    problems.append((("remote", "host"), f"no host '{self.remote.host}' in {path}"
+                                                         f"{suggest(self.remote.host, list(hosts))}"))
+        nodes = resolved.topology.nodes
+        for intf in resolved.interfaces.get(name, []):
+            if intf.peer is None:
+                problems.append((("remote",), f"'{name}:{intf.name}' is on a switch: a remote host's links go to a "
+                                              "router or host here (a tunnel ends in its peer's namespace)"))
+            elif getattr(nodes[intf.peer[0]], "image", None) or getattr(nodes[intf.peer[0]], "remote", None):
+                problems.append((("remote",), f"'{name}:{intf.name}' is linked directly to '{intf.peer[0]}', which "
+                                              "is not a namespace here: put a router between them"))
         return problems
 
 

@@ -1,0 +1,1 @@
+"""The ssh node backend: topology hosts on remote machines (see node.py)."""
