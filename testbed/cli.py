@@ -535,7 +535,7 @@ def _image_from_file(args: argparse.Namespace, names: list[str]) -> int:
     from testbed.emulation.qemu import images
 
     if len(names) != 1:
-        raise UsageError("images: --deb/--kernel build one image: `testbed images build NAME --deb PATH`")
+        raise UsageError("images", "name", "--deb/--kernel build one image: `testbed images build NAME --deb PATH`")
     try:
         image = images.build_from_file(names[0], deb=args.deb, kernel=args.kernel, modules=args.modules,
                                        config=args.config, log=lambda m: print(m, file=sys.stderr))

@@ -328,7 +328,8 @@ def available(name: str, impl: Implementation, image_path: Path | None = None) -
     if impl.backend == "ssh":
         return False, "the ssh backend comes with provisioning (not written yet)"
     # qemu
-    if impl.driver == "v0.92" and impl.image is None:
+    if impl.driver == "v0.92" and impl.image is None and _image(name) is None:
+        # (an image built under the implementation's own name, `testbed images build NAME --deb ...`, is used)
         return False, "no v0.92 guest image: build one from a v0.92 kernel and set its path as image: in the registry"
     if image_path is not None and not image_path.exists():
         return False, f"image {image_path} does not exist"

@@ -855,10 +855,8 @@ def build_from_file(name: str, *, deb: Path | None = None, kernel: Path | None =
                 raise ImageInputError(deb, "deb", f"dpkg-deb cannot read it: {r.stderr.strip()[:200]}")
             fields = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
             package, version = fields.get("Package", ""), fields.get("Version", "")
-            say(f"{name}: building the image from {deb.name} ({package} {version})")
-            return _build_from_deb(name, deb, package, version, cache, source)
-        say(f"{name}: building the image from {source['file']} ({release})")
-        return _build_from_kernel(name, bz, release, moddir, config_text, source, cache)
+            return _build_from_deb(name, deb, package, version, cache, source, say)
+        return _build_from_kernel(name, bz, release, moddir, config_text, source, cache, say)
 
 
 def _busybox() -> bytes:
@@ -931,7 +929,7 @@ def _modules_for(moddir: Path | None, release: str, config: dict[str, str], labe
 
 
 def _build_from_deb(name: str, deb: Path, package: str, version: str, cache: Path,
-                    source: dict | None = None) -> Image:
+                    source: dict | None = None, say: Callable[[str], None] | None = None) -> Image:
     """An image from a kernel .deb (Debian's, or the user's with `source` saying which file it was)."""
     started = time.monotonic()
     busybox = _busybox()
@@ -954,6 +952,8 @@ def _build_from_deb(name: str, deb: Path, package: str, version: str, cache: Pat
             if source is None:
                 raise
             raise ImageInputError(label, "deb", str(exc)) from None
+        if say is not None:  # (after the checks: bad input gets its one line only)
+            say(f"{name}: building the image from {deb.name} ({package} {version})")
         provenance: dict = {"package": {"name": package, "version": version, "file": deb.name,
                                         "sha256": source["sha256"] if source else sha256_file(deb)}}
         if source is not None:
@@ -962,7 +962,7 @@ def _build_from_deb(name: str, deb: Path, package: str, version: str, cache: Pat
 
 
 def _build_from_kernel(name: str, bz: bytes, release: str, moddir: Path | None, config_text: str,
-                       source: dict, cache: Path) -> Image:
+                       source: dict, cache: Path, say: Callable[[str], None]) -> Image:
     """An image from a bzImage and an optional lib/modules/<release> tree (the user's)."""
     started = time.monotonic()
     busybox = _busybox()
@@ -974,6 +974,7 @@ def _build_from_kernel(name: str, bz: bytes, release: str, moddir: Path | None, 
         raise
     except ImageError as exc:
         raise ImageInputError(source.get("modules") or source["file"], "modules", str(exc)) from None
+    say(f"{name}: building the image from {source['file']} ({release})")
     return _assemble(name, bz, kernel, release, mods, config_text, {"source": source}, busybox, cache, started)
 
 
