@@ -112,6 +112,12 @@ def test_the_v092_kernel_is_told_from_its_sysctls_and_log():
     assert upstream["flavour"] == "upstream"
     assert classify({}, "5.10.0-46-amd64", "")["flavour"] == "none"
 
+    # What a run of a node on such a guest checks its configuration against (stacks.v092.check_supported).
+    recorded = v092.from_detected(json.loads(json.dumps(found)))  # as read back from the manifest
+    assert recorded == v092.features(v092.probe(v0_files.get, "4.4.110.mptcp", (FIX / "dmesg").read_text(),
+                                                (FIX / "config").read_text()))
+    assert recorded.flavour == "v0.9x" and recorded.release == "v0.92" and "fullmesh" in recorded.path_managers
+
     class Booted:  # what availability reads of a built image: its name, release and first-boot record
         name, release = "v0", "4.4.110.mptcp"
         detected = found
