@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("names", nargs="*", help="e.g. linux-6.1 (default: every known image)")
     im.add_argument("--list", action="store_true", help="only list what is cached")
     im.add_argument("--refresh", action="store_true", help="look for a newer kernel package")
+    im.add_argument("--deb", type=Path, metavar="PATH",
+                    help="`images build NAME --deb PATH`: an image from this kernel .deb (e.g. a v0.92 linux-image)")
+    im.add_argument("--kernel", type=Path, metavar="BZIMAGE",
+                    help="`images build NAME --kernel BZIMAGE`: an image from this kernel")
+    im.add_argument("--modules", type=Path, metavar="DIR", help="--kernel: its lib/modules/<release> tree")
+    im.add_argument("--config", type=Path, metavar="FILE",
+                    help="--kernel: its .config (to check built-in drivers when it embeds none)")
     pv = sub.add_parser("provision", help="run a playbook (playbooks/) on the hosts of an Ansible inventory")
     pv.add_argument("inventory", type=Path, help="an Ansible inventory in YAML (or JSON)")
     pv.add_argument("playbook", type=Path, help="e.g. playbooks/kernel-upstream.yml")
@@ -500,22 +507,55 @@ def _images(args: argparse.Namespace) -> int:
 
     if args.list:
         for image in images.list_images():
-            print(f"{image.name}\t{image.release}\tmptcp={'yes' if image.mptcp else 'no'}\t{image.kernel.parent}")
+            print(f"{image.name}\t{image.release}\tmptcp={'yes' if image.mptcp else 'no'}\t{image.kernel.parent}"
+                  + (f"\tflavour={image.flavour}" if image.flavour else ""))
         return 0
-    unknown = [n for n in args.names if n not in images.names()]
+    names = args.names[1:] if args.names[:1] == ["build"] else args.names  # `images build NAME ...`
+    if args.deb is not None or args.kernel is not None or args.modules is not None or args.config is not None:
+        return _image_from_file(args, names)
+    # Images built from a user's kernel are reported (and booted once if never booted), not rebuilt.
+    user = {n: img for n in names if n not in images.names() and (img := images.load(n)) is not None
+            and img.source is not None}
+    unknown = [n for n in names if n not in images.names() and n not in user]
     if unknown:
         raise SpecError([Problem("images", None, None, n, f"unknown image; known: {', '.join(images.names())}")
                          for n in unknown])
-    for name in args.names or images.names():
+    for name in names or images.names():
         try:
-            image = images.build(name, refresh=args.refresh)
+            image = user[name] if name in user else images.build(name, refresh=args.refresh)
         except images.ImageError as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             return 3
-        if image.mptcp and image.mptcp_counters is None and os.geteuid() == 0:
-            _first_boot(image)
-        print(f"{name}: {image.release} (mptcp={'yes' if image.mptcp else 'no'}) in {image.kernel.parent}")
+        _report_image(image)
     return 0
+
+
+def _image_from_file(args: argparse.Namespace, names: list[str]) -> int:
+    """`testbed images build NAME --deb PATH` / `--kernel BZIMAGE [--modules DIR] [--config FILE]`."""
+    from testbed.emulation.qemu import images
+
+    if len(names) != 1:
+        raise UsageError("images", "name", "--deb/--kernel build one image: `testbed images build NAME --deb PATH`")
+    try:
+        image = images.build_from_file(names[0], deb=args.deb, kernel=args.kernel, modules=args.modules,
+                                       config=args.config, log=lambda m: print(m, file=sys.stderr))
+    except images.ImageInputError as exc:
+        raise SpecError([exc.problem]) from None
+    except images.ImageError as exc:
+        print(f"{names[0]}: {exc}", file=sys.stderr)
+        return 3
+    _report_image(image)
+    return 0
+
+
+def _report_image(image: Any) -> None:
+    """One line per image (what guest-images.yml compares with `--list`), after a first boot of an
+    image that has not been booted yet: the boot records what its kernel counts and which MPTCP it has."""
+    needs_boot = (image.mptcp and image.mptcp_counters is None) or (image.source is not None and image.flavour is None)
+    if needs_boot and os.geteuid() == 0:
+        _first_boot(image)
+    flavour = f", flavour={image.flavour}" if image.flavour else ""
+    print(f"{image.name}: {image.release} (mptcp={'yes' if image.mptcp else 'no'}{flavour}) in {image.kernel.parent}")
 
 
 def _first_boot(image: Any) -> None:
@@ -526,8 +566,10 @@ def _first_boot(image: Any) -> None:
     guest = Guest(f"first-boot-{os.getpid()}")
     try:
         guest.boot(image)
+        detected = image.detected or {}
+        release = f" {detected['release']}" if detected.get("release") else ""
         print(f"{image.name}: boots in {guest.ready_seconds:.1f} s ({guest.accel}); "
-              f"{len(image.mptcp_counters or ())} MPTcpExt counters")
+              f"{len(image.mptcp_counters or ())} MPTcpExt counters; MPTCP: {image.flavour or 'unknown'}{release}")
     except GuestError as exc:
         print(f"{image.name}: built, but the first boot failed: {exc}", file=sys.stderr)
     finally:

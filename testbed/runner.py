@@ -96,7 +96,7 @@ class Runner:
     def preflight(self) -> tuple[Any, str]:
         from testbed.emulation import shaping
         from testbed.emulation.qemu.node import guest_images
-        from testbed.stacks import upstream
+        from testbed.stacks import upstream, v092
         from testbed.stacks.features import detect, for_kernel
 
         if os.geteuid() != 0:
@@ -107,7 +107,10 @@ class Runner:
             image = self.guest_images.get(name)
             if getattr(self.res.topology.nodes[name], "remote", None) is not None:
                 continue  # a remote machine's kernel: its stack driver checks once it is reached
-            if image is not None:
+            if image is not None and image.flavour == "v0.9x":  # its first boot found the out-of-tree stack
+                v092.check_supported(cfg, v092.from_detected(image.detected), name,
+                                     where=f"guest image {image.name} (kernel {image.release})")
+            elif image is not None:
                 upstream.check_supported(cfg, for_kernel(image.release, image.mptcp), name,
                                          where=f"guest image {image.name} (kernel {image.release})")
             else:

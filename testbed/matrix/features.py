@@ -328,7 +328,8 @@ def available(name: str, impl: Implementation, image_path: Path | None = None) -
     if impl.backend == "ssh":
         return False, "the ssh backend comes with provisioning (not written yet)"
     # qemu
-    if impl.driver == "v0.92" and impl.image is None:
+    if impl.driver == "v0.92" and impl.image is None and _image(name) is None:
+        # (an image built under the implementation's own name, `testbed images build NAME --deb ...`, is used)
         return False, "no v0.92 guest image: build one from a v0.92 kernel and set its path as image: in the registry"
     if image_path is not None and not image_path.exists():
         return False, f"image {image_path} does not exist"
@@ -346,9 +347,27 @@ def available(name: str, impl: Implementation, image_path: Path | None = None) -
     except Exception as exc:  # noqa: BLE001 - someone else's module: its failure makes the cell unavailable
         return False, f"looking up image '{target}' failed: {exc}"
     where = getattr(found, "dir", found)
+    if impl.driver == "v0.92" and found:
+        problem = v092_image_problem(target, found)
+        if problem is not None:
+            return False, problem
     if not guest_field_supported():
         built = f"image {where} is built" if found else f"no image '{target}' is built either (`testbed images`)"
         return False, f"{not_wired}: experiments cannot put a node on a guest (stacks.<node>.{GUEST_FIELD}); {built}"
     if not found:
         return False, f"no built image '{target}': build it with `testbed images`"
     return True, f"guest image {where}"
+
+
+def v092_image_problem(target: str, image: Any) -> str | None:
+    """Why a built image cannot be a v0.92 implementation (None when its first boot found the v0.9x
+    stack): never booted yet, or its kernel has upstream MPTCP or none."""
+    detected = getattr(image, "detected", None)
+    if not detected:
+        return (f"image {target} has not been booted yet, so which MPTCP its kernel has is unknown: boot it once "
+                f"with `sudo testbed images {getattr(image, 'name', target)}`")
+    flavour, kernel = detected.get("flavour"), detected.get("kernel") or getattr(image, "release", "?")
+    if flavour == "v0.9x":
+        return None
+    what = "with upstream MPTCP" if flavour == "upstream" else "without MPTCP"
+    return f"image {target} boots kernel {kernel} {what}, not v0.92"

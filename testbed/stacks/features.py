@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,39 @@ def detect() -> Features:
                                         _dmesg(), _read(Path(f"/boot/config-{release}")) or None)
                              or v092.Probe(None, release, {}, False))
     return Features("none", release, version)
+
+
+PROC_MPTCP = "/proc/sys/net/mptcp"
+
+
+def classify_paths() -> list[str]:
+    """The files classify() reads (a guest reads them in one round trip)."""
+    from testbed.stacks import v092
+
+    return [f"{PROC_MPTCP}/enabled", *(f"{v092.PROC_SYS}/{n}" for n in v092.SYSCTLS), v092.SNMP]
+
+
+def classify(files: Mapping[str, str | None], kernel: str, dmesg: str = "", config: str | None = None) -> dict:
+    """Which MPTCP another kernel has, from its files (path → text, None when absent: what
+    classify_paths() names) and kernel log: upstream (net.mptcp.enabled exists), the out-of-tree
+    v0.9x stack (net.mptcp.mptcp_enabled, testbed.stacks.v092.probe; its release from the log line
+    "MPTCP: Stable release v0.92"), or none. A JSON-able record, kept in a guest image's manifest."""
+    from testbed.stacks import v092
+
+    if files.get(f"{PROC_MPTCP}/enabled") is not None:
+        return {"flavour": "upstream", "kernel": kernel, "evidence": f"{PROC_MPTCP}/enabled"}
+    p = v092.probe(files.get, kernel, dmesg, config)
+    release = v092.release_from_dmesg(dmesg)
+    if p is None and release is None:
+        return {"flavour": "none", "kernel": kernel,
+                "evidence": f"neither {PROC_MPTCP}/enabled nor {v092.PROC_SYS}/mptcp_enabled, no v0.9x log line"}
+    found: dict = {"flavour": "v0.9x", "kernel": kernel, "release": release,
+                   "evidence": " and ".join(([f"{v092.PROC_SYS}/mptcp_enabled"] if p else [])
+                                            + ([f"kernel log: MPTCP: Stable release {release}"] if release else []))}
+    if p is not None:
+        found.update(sysctls=p.sysctls, snmp=p.snmp, path_managers=list(p.path_managers),
+                     schedulers=list(p.schedulers))
+    return found
 
 
 # What a guest kernel has, judged from its release without booting it: net.mptcp sysctls and endpoint

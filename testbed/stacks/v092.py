@@ -112,6 +112,14 @@ def features(p: Probe) -> Features:
                     tuple(sorted(p.sysctls)), release=p.release)
 
 
+def from_detected(found: dict) -> Features:
+    """The features of a guest whose image's first boot recorded this (testbed.stacks.features.classify,
+    flavour v0.9x): the same as probing it again."""
+    return features(Probe(found.get("release"), found.get("kernel") or "", dict(found.get("sysctls") or {}),
+                          bool(found.get("snmp")), tuple(found.get("path_managers") or ("default",)),
+                          tuple(found.get("schedulers") or ("default",))))
+
+
 def translate_sysctls(values: dict[str, str | int]) -> dict[str, str]:
     """Experiment sysctls (upstream or v0.92 short names) as v0.92 net.mptcp.* assignments."""
     out = {}

@@ -576,12 +576,29 @@ class Guest:
         if commands:
             self._batch(commands)
         self._request("sysctl_snapshot", wait=60)
+        if self.image is not None and self.image.detected is None:  # first boot: which MPTCP is this?
+            self.image.record_detected(self.detect_mptcp())
         if self.image is not None and self.image.mptcp:
             rc, out = self.run(["ip", "mptcp", "limits", "show"])
             self._mptcp_limits = out.split() if rc == 0 else None
             if self.image.mptcp_counters is None:  # what this kernel counts, for the matrix's feature sets
                 self.image.record_counters(k.removeprefix("MPTcpExt") for k in self.counters()
                                            if k.startswith("MPTcpExt"))
+
+    def detect_mptcp(self) -> dict:
+        """Which MPTCP the running kernel has (testbed.stacks.features.classify): its files in one
+        round trip, its kernel log (where v0.9x says its release), its image's config."""
+        from testbed.stacks.features import classify, classify_paths
+
+        files = {p: None if data is None else data.decode(errors="replace")
+                 for p, data in self.read_files(classify_paths()).items()}
+        rc, dmesg = self.run(["dmesg"], timeout=20)
+        config = None
+        if self.image is not None:
+            with contextlib.suppress(OSError):
+                config = (self.image.dir / "config").read_text() or None
+        return {**classify(files, self.release or "", dmesg if rc == 0 else "", config),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def _failure(self, what: str) -> str:
         tail = ""

@@ -12,6 +12,11 @@ image (its own sources list, lists and cache under the image cache), so the syst
 never touched. The cache (default ``/var/cache/testbed/images``, env ``TESTBED_IMAGE_CACHE``) holds
 ``<name>/`` (kernel, ``initramfs.cpio.gz``, ``config``, ``manifest.json``), ``.debs/`` and ``.apt/``.
 
+An image can also be built from a kernel the user gives (build_from_file): a kernel .deb (what
+``make deb-pkg`` or the multipath-tcp.org apt repository makes, e.g. ``linux-image-4.4.x-mptcp``) or a
+bzImage with an optional ``lib/modules/<release>`` tree. Its first boot records which MPTCP the kernel
+has (upstream, the out-of-tree v0.9x, or none) in its manifest (``detected``, see Image.flavour).
+
     python -m testbed.emulation.qemu.images build linux-6.1 [--refresh] [--force]
     python -m testbed.emulation.qemu.images list
 """
@@ -38,6 +43,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testbed.errors import Problem
 from testbed.spec.source import absolute
 
 DEFAULT_CACHE = Path("/var/cache/testbed/images")
@@ -60,6 +66,18 @@ OPTIONAL_MODULES = ("virtio_rng", "sch_netem", "sch_htb", "sch_tbf", "sch_ingres
                     "cls_u32", "cls_matchall", "act_mirred", "ifb")
 # Parameters given to insmod (ifb would otherwise make ifb0 and ifb1 in every guest).
 MODULE_PARAMS = {"ifb": "numifbs=0"}
+# The Kconfig symbol of each required module: what a kernel given without a modules tree must have =y.
+MODULE_CONFIG = {"virtio_pci": "CONFIG_VIRTIO_PCI", "virtio_net": "CONFIG_VIRTIO_NET",
+                 "virtio_console": "CONFIG_VIRTIO_CONSOLE", "9pnet_virtio": "CONFIG_NET_9P_VIRTIO",
+                 "9p": "CONFIG_9P_FS"}
+# What INIT_SCRIPT and the way qemu starts the guest need built in, whatever the modules: the gzip
+# initramfs, devtmpfs for /dev, tmpfs for /run and /tmp over the read-only host root.
+INIT_CONFIG = ("CONFIG_BLK_DEV_INITRD", "CONFIG_RD_GZIP", "CONFIG_DEVTMPFS", "CONFIG_TMPFS")
+# Symbols only the multipath-tcp.org tree has (net/mptcp/Kconfig of mptcp_v0.92): a config with one of
+# them is a v0.9x kernel, whose CONFIG_MPTCP=y is not upstream MPTCP.
+V0_CONFIG = ("CONFIG_MPTCP_PM_ADVANCED", "CONFIG_MPTCP_FULLMESH", "CONFIG_MPTCP_SCHED_ADVANCED")
+# An image name given by the user (a directory name in the cache).
+IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,14 @@ class DownloadError(ImageError):
     """Debian's archive could not be reached (apt-get update or download failed)."""
 
 
+class ImageInputError(ImageError):
+    """A kernel file the user gave is missing or is not what it should be (bad input: exit 2)."""
+
+    def __init__(self, file: str | Path, field: str, problem: str):
+        self.problem = Problem(str(file), None, None, field, problem)
+        super().__init__(str(self.problem))
+
+
 @dataclass
 class Image:
     name: str
@@ -111,8 +137,41 @@ class Image:
 
     @property
     def mptcp(self) -> bool:
-        """Whether the kernel has upstream MPTCP (CONFIG_MPTCP=y)."""
-        return bool(self.manifest["config"].get("CONFIG_MPTCP") == "y")
+        """Whether the kernel has upstream MPTCP: as its first boot found (see flavour), else from its
+        config (CONFIG_MPTCP=y without the symbols of the out-of-tree v0.9x stack)."""
+        if self.flavour is not None:
+            return self.flavour == "upstream"
+        config = self.manifest["config"]
+        return config.get("CONFIG_MPTCP") == "y" and not any(config.get(k) for k in V0_CONFIG)
+
+    @property
+    def detected(self) -> dict | None:
+        """What the kernel showed of its MPTCP at its first boot (testbed.stacks.features.classify:
+        flavour, kernel, for v0.9x its release and sysctls), or None before that."""
+        found = self.manifest.get("detected")
+        return found if isinstance(found, dict) and found.get("flavour") else None
+
+    @property
+    def flavour(self) -> str | None:
+        """"upstream", "v0.9x" or "none" as found at the first boot; None before it."""
+        return self.detected["flavour"] if self.detected else None
+
+    @property
+    def source(self) -> dict | None:
+        """The user's kernel file an image was built from (build_from_file), None for a Debian one."""
+        return self.manifest.get("source")
+
+    def record_detected(self, found: dict) -> None:
+        """Write what the first boot found into the manifest (atomically; best effort, like
+        record_counters: a read-only cache only loses the record)."""
+        manifest = {**self.manifest, "detected": found}
+        try:
+            tmp = self.dir / f".{MANIFEST}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+            os.replace(tmp, self.dir / MANIFEST)
+        except OSError:
+            return
+        self.manifest = manifest
 
     @property
     def mptcp_counters(self) -> frozenset[str] | None:
@@ -248,17 +307,19 @@ class ModuleSet:
 
 
 def collect_modules(moddir: Path, required: Iterable[str] = REQUIRED_MODULES,
-                    optional: Iterable[str] = OPTIONAL_MODULES) -> ModuleSet:
-    """The modules to load from an unpacked ``lib/modules/<release>`` tree, dependencies included."""
+                    optional: Iterable[str] = OPTIONAL_MODULES, builtin_also: Iterable[str] = ()) -> ModuleSet:
+    """The modules to load from an unpacked ``lib/modules/<release>`` tree, dependencies included.
+    `builtin_also`: modules known to be built in besides those its modules.builtin lists (from the
+    kernel's config, for a tree installed without that file)."""
     index: dict[str, Path] = {}
     for path in moddir.rglob("*.ko*"):
         if re.search(r"\.ko(\.xz|\.gz|\.zst)?$", path.name):
             index[normalize(path.name.split(".ko")[0])] = path
     builtin_file = moddir / "modules.builtin"
-    builtin_names = set()
+    builtin_names = {normalize(n) for n in builtin_also}
     if builtin_file.exists():
-        builtin_names = {normalize(Path(line.strip()).name.split(".ko")[0])
-                         for line in builtin_file.read_text().splitlines() if line.strip()}
+        builtin_names |= {normalize(Path(line.strip()).name.split(".ko")[0])
+                          for line in builtin_file.read_text().splitlines() if line.strip()}
     files: dict[str, bytes] = {}
 
     def depends(name: str) -> list[str]:
@@ -323,6 +384,72 @@ def _has_interp(elf: bytes) -> bool:
     phoff = struct.unpack_from("<Q", elf, 0x20)[0]
     phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
     return any(struct.unpack_from("<I", elf, phoff + i * phentsize)[0] == 3 for i in range(phnum))
+
+
+def bzimage_release(bzimage: bytes) -> str:
+    """The kernel release a bzImage says it is: the first word of the setup header's kernel_version
+    string (boot protocol 2.00+), e.g. "4.4.110.mptcp". ValueError when it is not an x86 bzImage."""
+    if len(bzimage) < 0x210 or bzimage[0x202:0x206] != b"HdrS":
+        raise ValueError("not an x86 kernel image (no 'HdrS' boot header at 0x202)")
+    if bzimage[0x1FE:0x200] != b"\x55\xaa" or struct.unpack_from("<H", bzimage, 0x206)[0] < 0x200:
+        raise ValueError("not an x86 bzImage (boot sector signature or boot protocol < 2.00)")
+    pointer = struct.unpack_from("<H", bzimage, 0x20E)[0]
+    start = 0x200 + pointer
+    if not pointer or start >= len(bzimage):
+        raise ValueError("the boot header has no kernel_version string")
+    text = bzimage[start:start + 256].split(b"\0")[0].decode(errors="replace").split()
+    if not text or not re.match(r"\d+\.\d+", text[0]):
+        raise ValueError(f"the boot header's kernel_version is not a release ({' '.join(text)[:60]!r})")
+    return text[0]
+
+
+def has_pvh_note(elf: bytes) -> bool:
+    """Whether an ELF kernel has the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY, CONFIG_PVH, Linux 4.19+)
+    that qemu needs to boot it uncompressed; older kernels (a 4.4 one) boot only as a bzImage."""
+    try:
+        phoff = struct.unpack_from("<Q", elf, 0x20)[0]
+        phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+        for i in range(phnum):
+            p_type, _flags, offset, _va, _pa, filesz = struct.unpack_from("<IIQQQQ", elf, phoff + i * phentsize)
+            if p_type != 4:  # PT_NOTE
+                continue
+            pos, end = offset, offset + filesz
+            while pos + 12 <= end:
+                namesz, descsz, n_type = struct.unpack_from("<III", elf, pos)
+                name = elf[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+                if name == b"Xen" and n_type == 18:
+                    return True
+                pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    except struct.error:
+        return False
+    return False
+
+
+def embedded_config(vmlinux: bytes) -> str:
+    """The .config a kernel built with CONFIG_IKCONFIG carries (gzip between IKCFG_ST and IKCFG_ED),
+    or "" when it has none."""
+    start = vmlinux.find(b"IKCFG_ST")
+    if start < 0:
+        return ""
+    try:
+        return zlib.decompressobj(wbits=31).decompress(vmlinux[start + 8:start + 8 + (4 << 20)]).decode(errors="replace")
+    except zlib.error:
+        return ""
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """A kernel .config as symbol → value ("y", "m", a string or number; "n" for `# X is not set`)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        m = re.fullmatch(r"# (CONFIG_\w+) is not set", line)
+        if m:
+            out[m.group(1)] = "n"
+            continue
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("CONFIG_"):
+            out[key] = value
+    return out
 
 
 # ------------------------------------------------------------------------------------------ cpio
@@ -542,8 +669,12 @@ def find(name: str, cache: Path | None = None) -> Image | None:
 
 
 def list_images(cache: Path | None = None) -> list[Image]:
-    """The images in the cache (implementations without a usable cached image are left out)."""
-    return [img for n in KERNELS if (img := load(n, cache)) is not None]
+    """The images in the cache: Debian's in KERNELS order, then those built from the user's kernels
+    (build_from_file) by name. Names without a usable image are left out."""
+    root = cache or cache_dir()
+    others = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                    and d.name not in KERNELS) if root.is_dir() else []
+    return [img for n in [*KERNELS, *others] if (img := load(n, root)) is not None]
 
 
 def verify(image: Image) -> list[str]:
@@ -603,89 +734,304 @@ def build(name: str, refresh: bool = False, force: bool = False, cache: Path | N
         return image
 
 
-def _build_from_deb(name: str, deb: Path, package: str, version: str, cache: Path) -> Image:
-    if shutil.which("dpkg-deb") is None:
-        raise ImageError("dpkg-deb is not installed")
+def _tree_digest(moddir: Path) -> str:
+    """sha256 over a modules tree's module files and modules.builtin (names and contents)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in moddir.rglob("*") if p.is_file() and not p.is_symlink()
+                       and (re.search(r"\.ko(\.xz|\.gz|\.zst)?$", p.name) or p.name == "modules.builtin")):
+        h.update(f"{path.relative_to(moddir)}\0{sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
+def _modules_tree(given: Path) -> Path:
+    """`lib/modules/<release>` itself, or a root (an install prefix) holding exactly one of them."""
+    under = given / "lib" / "modules"
+    if under.is_dir():
+        found = [d for d in under.iterdir() if d.is_dir()]
+        if len(found) != 1:
+            raise ImageInputError(given, "modules", f"expected one lib/modules/<release> under it, found {len(found)}")
+        return found[0]
+    return given
+
+
+def _is_deb(path: Path) -> bool:
+    """An ar archive whose first member is debian-binary (what dpkg-deb reads)."""
+    with path.open("rb") as f:
+        head = f.read(8 + 16)
+    return head[:8] == b"!<arch>\n" and head[8:].rstrip(b" /").startswith(b"debian-binary")
+
+
+def _given_file(path: Path, field: str) -> Path:
+    if not path.exists():
+        raise ImageInputError(path, field, "no such file")
+    if not path.is_file():
+        raise ImageInputError(path, field, "not a regular file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ImageInputError(path, field, f"cannot be read ({exc.strerror})") from None
+    return path.resolve()
+
+
+def check_name(name: str) -> None:
+    """The name of an image built from the user's kernel: a cache directory name, not a Debian image's."""
+    if not IMAGE_NAME.fullmatch(name):
+        raise ImageInputError("images", "name", f"{name!r}: 1-64 of letters, digits, '.', '_', '-' "
+                              "(starting with a letter or digit)")
+    if name in KERNELS:
+        raise ImageInputError("images", "name", f"{name} is the Debian image `testbed images {name}` builds: "
+                              "choose another name")
+
+
+def build_from_file(name: str, *, deb: Path | None = None, kernel: Path | None = None,
+                    modules: Path | None = None, config: Path | None = None, cache: Path | None = None,
+                    log: Callable[[str], None] | None = None) -> Image:
+    """The image `name` of a kernel the user gives: a kernel .deb, or a bzImage with an optional modules
+    tree (``lib/modules/<release>``, or the root above it) and .config. Cached: the same files (by
+    sha256) give the cached image back without rebuilding; other files rebuild it.
+
+    ImageInputError (bad input, exit 2) names the file, the field and the problem: a missing file, not
+    a .deb, not a bzImage, modules of another release, drivers the guest needs neither shipped nor
+    built in."""
+    check_name(name)
+    if (deb is None) == (kernel is None):
+        raise ImageInputError("images", "kernel", "give either --deb PATH or --kernel BZIMAGE")
+    if deb is not None and (modules is not None or config is not None):
+        raise ImageInputError("images", "modules", "--modules and --config go with --kernel (a .deb has its own)")
+    say = log or (lambda _msg: None)
+    cache = cache or cache_dir()
+    source: dict = {}
+    bz = b""
+    release = ""
+    moddir: Path | None = None
+    config_text = ""
+    if deb is not None:
+        deb = _given_file(deb, "deb")
+        if not _is_deb(deb):
+            raise ImageInputError(deb, "deb", "not a Debian package (.deb): no ar archive with debian-binary")
+        source = {"type": "deb", "file": str(deb), "sha256": sha256_file(deb)}
+    else:
+        assert kernel is not None
+        kernel = _given_file(kernel, "kernel")
+        bz = kernel.read_bytes()
+        try:
+            release = bzimage_release(bz)
+        except ValueError as exc:
+            raise ImageInputError(kernel, "kernel", str(exc)) from None
+        source = {"type": "bzimage", "file": str(kernel), "sha256": hashlib.sha256(bz).hexdigest(), "release": release}
+        if modules is not None:
+            if not modules.is_dir():
+                raise ImageInputError(modules, "modules", "no such directory" if not modules.exists() else "not a directory")
+            moddir = _modules_tree(modules.resolve())
+            if moddir.name != release:
+                raise ImageInputError(moddir, "modules", f"modules of release {moddir.name}, but the kernel is "
+                                      f"{release} (its modules would not load)")
+            source.update(modules=str(moddir), modules_sha256=_tree_digest(moddir))
+        if config is not None:
+            config = _given_file(config, "config")
+            config_text = config.read_text(errors="replace")
+            if "CONFIG_" not in config_text:
+                raise ImageInputError(config, "config", "not a kernel .config (no CONFIG_ symbol)")
+            source.update(config=str(config), config_sha256=sha256_file(config))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".writable-"):
+            pass
+    except OSError as exc:
+        raise ImageError(f"cannot write the image cache {cache} ({exc.strerror}): run as root or set "
+                         "TESTBED_IMAGE_CACHE to a writable directory") from None
+    with _locked(cache / f".lock-{name}"):
+        cached = load(name, cache)
+        same = ("type", "sha256", "modules_sha256", "config_sha256")
+        if cached is not None and cached.source is not None \
+                and all(cached.source.get(k) == source.get(k) for k in same):
+            return cached
+        if deb is not None:
+            _need_dpkg_deb()
+            r = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"], capture_output=True,
+                               text=True, timeout=60)
+            if r.returncode != 0:
+                raise ImageInputError(deb, "deb", f"dpkg-deb cannot read it: {r.stderr.strip()[:200]}")
+            fields = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
+            package, version = fields.get("Package", ""), fields.get("Version", "")
+            return _build_from_deb(name, deb, package, version, cache, source, say)
+        return _build_from_kernel(name, bz, release, moddir, config_text, source, cache, say)
+
+
+def _busybox() -> bytes:
     if not BUSYBOX.exists():
         raise ImageError(f"{BUSYBOX} is missing: install busybox-static")
     busybox = BUSYBOX.read_bytes()
     if _has_interp(busybox):
         raise ImageError(f"{BUSYBOX} is dynamically linked: install busybox-static")
+    return busybox
+
+
+def _need_dpkg_deb() -> None:
+    if shutil.which("dpkg-deb") is None:
+        raise ImageError("dpkg-deb is not installed")
+
+
+def unpack_deb(deb: Path, dest: Path) -> tuple[Path, Path, str]:
+    """Unpack a kernel .deb into `dest`: (its lib/modules/<release>, its boot/vmlinuz-<release>, the
+    text of its boot/config-<release> or ""). ImageError naming what the package lacks."""
+    _need_dpkg_deb()
+    r = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise ImageError(f"dpkg-deb -x {deb.name} failed: {r.stderr.strip()[:300]}")
+    moddirs = [d for d in (dest / "lib/modules").iterdir() if d.is_dir()] if (dest / "lib/modules").is_dir() else []
+    if len(moddirs) != 1:
+        raise ImageError(f"{deb.name}: expected one lib/modules/<release>, found {len(moddirs)} "
+                         "(is it a linux-image package?)")
+    release = moddirs[0].name
+    vmlinuz = dest / "boot" / f"vmlinuz-{release}"
+    if not vmlinuz.exists():
+        raise ImageError(f"{deb.name}: no boot/vmlinuz-{release}")
+    config_file = dest / "boot" / f"config-{release}"
+    return moddirs[0], vmlinuz, config_file.read_text() if config_file.exists() else ""
+
+
+def _kernel_file(bz: bytes) -> tuple[bytes, str, str, bytes | None]:
+    """(what qemu boots, its file name, its format, the uncompressed ELF or None). The uncompressed
+    vmlinux boots much faster under TCG, but only a kernel with the PVH note can boot that way."""
+    try:
+        elf = extract_vmlinux(bz)
+    except (ValueError, ImageError):
+        return bz, "vmlinuz", "bzImage", None
+    if not has_pvh_note(elf):
+        return bz, "vmlinuz", "bzImage", elf
+    return elf, "vmlinux", "elf", elf
+
+
+def _modules_for(moddir: Path | None, release: str, config: dict[str, str], label: str) -> ModuleSet:
+    """The modules an image of this kernel loads; ImageInputError when its config shows that the
+    guest's /init cannot work, or when the modules it needs are neither in `moddir` nor built in."""
+    if config:
+        lacking = [f"{k} ({'not set' if config.get(k, 'n') == 'n' else '=' + config[k]})"
+                   for k in INIT_CONFIG if config.get(k) != "y"]
+        if lacking:
+            raise ImageInputError(label, "kernel", f"the guest's /init needs {', '.join(lacking)} built in (=y)")
+    builtin = [m for m, k in MODULE_CONFIG.items() if config.get(k) == "y"]
+    if moddir is not None:
+        return collect_modules(moddir, builtin_also=builtin)
+    required = [m for m in REQUIRED_MODULES if m not in builtin]
+    if not required:
+        return ModuleSet(release, [], [], {}, builtin, list(OPTIONAL_MODULES))
+    if not config:
+        raise ImageInputError(label, "kernel", "no modules tree, and no config to tell whether "
+                              f"{', '.join(required)} are built in (the kernel has no CONFIG_IKCONFIG): "
+                              "give --modules lib/modules/<release> or --config its .config")
+    why = [f"{m} ({MODULE_CONFIG[m]}={config[MODULE_CONFIG[m]]}, a module)" if config.get(MODULE_CONFIG[m]) == "m"
+           else f"{m} ({MODULE_CONFIG[m]} is not set)" for m in required]
+    raise ImageInputError(label, "kernel", f"the guest needs {', '.join(why)}: without --modules they must "
+                          "be built in (=y)")
+
+
+def _build_from_deb(name: str, deb: Path, package: str, version: str, cache: Path,
+                    source: dict | None = None, say: Callable[[str], None] | None = None) -> Image:
+    """An image from a kernel .deb (Debian's, or the user's with `source` saying which file it was)."""
     started = time.monotonic()
+    busybox = _busybox()
     with tempfile.TemporaryDirectory(prefix=f".unpack-{name}-", dir=cache) as tmp:
-        unpacked = Path(tmp) / "deb"
-        r = subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], capture_output=True, text=True,
-                           timeout=600)
-        if r.returncode != 0:
-            raise ImageError(f"dpkg-deb -x {deb.name} failed: {r.stderr.strip()[:300]}")
-        moddirs = [d for d in (unpacked / "lib/modules").iterdir() if d.is_dir()] \
-            if (unpacked / "lib/modules").is_dir() else []
-        if len(moddirs) != 1:
-            raise ImageError(f"{deb.name}: expected one lib/modules/<release>, found {len(moddirs)}")
-        release = moddirs[0].name
-        vmlinuz = unpacked / "boot" / f"vmlinuz-{release}"
-        config_file = unpacked / "boot" / f"config-{release}"
-        if not vmlinuz.exists():
-            raise ImageError(f"{deb.name}: no boot/vmlinuz-{release}")
-        mods = collect_modules(moddirs[0])
-        out = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=cache))
         try:
-            bz = vmlinuz.read_bytes()
-            try:
-                kernel_bytes, kernel_file, kernel_format = extract_vmlinux(bz), "vmlinux", "elf"
-            except (ValueError, ImageError):
-                kernel_bytes, kernel_file, kernel_format = bz, "vmlinuz", "bzImage"
-            (out / kernel_file).write_bytes(kernel_bytes)
-            config_text = config_file.read_text() if config_file.exists() else ""
-            (out / "config").write_text(config_text)
-            cpio = Cpio()
-            for d in ("bin", "dev", "proc", "sys", "host", "lib", "lib/modules", "etc"):
-                cpio.dir(d)
-            cpio.chardev("dev/console", 5, 1)
-            cpio.chardev("dev/null", 1, 3, 0o666)
-            cpio.file("bin/busybox", busybox, 0o755)
-            cpio.symlink("bin/sh", "busybox")
-            cpio.file("init", INIT_SCRIPT.encode(), 0o755)
-            for mod in mods.order:
-                cpio.file(f"lib/modules/{mod}.ko", mods.files[mod])
-            for phase, names in (("early", mods.early), ("late", [m for m in mods.order if m not in mods.early])):
-                cpio.file(f"lib/modules/load-{phase}",
-                          "".join(f"{m} {MODULE_PARAMS.get(m, '')}".strip() + "\n" for m in names).encode())
-            (out / INITRAMFS).write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
-            wanted = ("CONFIG_MPTCP", "CONFIG_MPTCP_IPV6", "CONFIG_NET_SCH_NETEM", "CONFIG_NET_9P_VIRTIO",
-                      "CONFIG_PVH", "CONFIG_MODULE_COMPRESS_XZ", "CONFIG_MODULE_COMPRESS_ZSTD")
-            config = {key: "n" for key in wanted if f"# {key} is not set" in config_text}
-            for line in config_text.splitlines():
-                key, sep, value = line.partition("=")
-                if sep and key in wanted:
-                    config[key] = value
-            manifest = {
-                "name": name, "recipe": RECIPE,
-                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "build_seconds": round(time.monotonic() - started, 2),
-                "package": {"name": package, "version": version, "file": deb.name, "sha256": sha256_file(deb)},
-                "kernel": {"release": release, "file": kernel_file, "format": kernel_format,
-                           "sha256": sha256_file(out / kernel_file), "vmlinuz_sha256": hashlib.sha256(bz).hexdigest()},
-                "initramfs": {"file": INITRAMFS, "sha256": sha256_file(out / INITRAMFS)},
-                "modules": [{"name": m, "sha256": hashlib.sha256(mods.files[m]).hexdigest(),
-                             "early": m in mods.early, "params": MODULE_PARAMS.get(m, "")} for m in mods.order],
-                "modules_builtin": mods.builtin, "modules_missing": mods.missing,
-                "busybox": {"path": str(BUSYBOX), "sha256": hashlib.sha256(busybox).hexdigest(),
-                            "version": _busybox_version()},
-                "init_sha256": hashlib.sha256(INIT_SCRIPT.encode()).hexdigest(),
-                "config": config,
-            }
-            (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            out.chmod(0o755)
-            final = cache / name
-            if final.exists():
-                trash = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=cache))
-                final.rename(trash / "old")
-                shutil.rmtree(trash, ignore_errors=True)
-            out.rename(final)
-        except BaseException:
-            shutil.rmtree(out, ignore_errors=True)
+            moddir, vmlinuz, config_text = unpack_deb(deb, Path(tmp) / "deb")
+        except ImageError as exc:
+            if source is None:
+                raise
+            raise ImageInputError(source["file"], "deb", str(exc).removeprefix(f"{deb.name}: ")) from None
+        bz = vmlinuz.read_bytes()
+        kernel = _kernel_file(bz)
+        config_text = config_text or (embedded_config(kernel[3]) if kernel[3] else "")
+        label = source["file"] if source else deb.name
+        try:
+            mods = _modules_for(moddir, moddir.name, parse_config(config_text), label)
+        except ImageInputError:
             raise
+        except ImageError as exc:
+            if source is None:
+                raise
+            raise ImageInputError(label, "deb", str(exc)) from None
+        if say is not None:  # (after the checks: bad input gets its one line only)
+            say(f"{name}: building the image from {deb.name} ({package} {version})")
+        provenance: dict = {"package": {"name": package, "version": version, "file": deb.name,
+                                        "sha256": source["sha256"] if source else sha256_file(deb)}}
+        if source is not None:
+            provenance["source"] = source
+        return _assemble(name, bz, kernel, moddir.name, mods, config_text, provenance, busybox, cache, started)
+
+
+def _build_from_kernel(name: str, bz: bytes, release: str, moddir: Path | None, config_text: str,
+                       source: dict, cache: Path, say: Callable[[str], None]) -> Image:
+    """An image from a bzImage and an optional lib/modules/<release> tree (the user's)."""
+    started = time.monotonic()
+    busybox = _busybox()
+    kernel = _kernel_file(bz)
+    config_text = config_text or (embedded_config(kernel[3]) if kernel[3] else "")
+    try:
+        mods = _modules_for(moddir, release, parse_config(config_text), source["file"])
+    except ImageInputError:
+        raise
+    except ImageError as exc:
+        raise ImageInputError(source.get("modules") or source["file"], "modules", str(exc)) from None
+    say(f"{name}: building the image from {source['file']} ({release})")
+    return _assemble(name, bz, kernel, release, mods, config_text, {"source": source}, busybox, cache, started)
+
+
+def _assemble(name: str, bz: bytes, kernel: tuple[bytes, str, str, bytes | None], release: str, mods: ModuleSet,
+              config_text: str, provenance: dict, busybox: bytes, cache: Path, started: float) -> Image:
+    """Write the image (kernel, initramfs, config, manifest) under a temporary name, then rename it
+    into place: an interrupted build leaves nothing half-built under `name`."""
+    kernel_bytes, kernel_file, kernel_format, _ = kernel
+    out = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=cache))
+    try:
+        (out / kernel_file).write_bytes(kernel_bytes)
+        (out / "config").write_text(config_text)
+        cpio = Cpio()
+        for d in ("bin", "dev", "proc", "sys", "host", "lib", "lib/modules", "etc"):
+            cpio.dir(d)
+        cpio.chardev("dev/console", 5, 1)
+        cpio.chardev("dev/null", 1, 3, 0o666)
+        cpio.file("bin/busybox", busybox, 0o755)
+        cpio.symlink("bin/sh", "busybox")
+        cpio.file("init", INIT_SCRIPT.encode(), 0o755)
+        for mod in mods.order:
+            cpio.file(f"lib/modules/{mod}.ko", mods.files[mod])
+        for phase, names in (("early", mods.early), ("late", [m for m in mods.order if m not in mods.early])):
+            cpio.file(f"lib/modules/load-{phase}",
+                      "".join(f"{m} {MODULE_PARAMS.get(m, '')}".strip() + "\n" for m in names).encode())
+        (out / INITRAMFS).write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
+        wanted = ("CONFIG_MPTCP", "CONFIG_MPTCP_IPV6", "CONFIG_NET_SCH_NETEM", "CONFIG_NET_9P_VIRTIO",
+                  "CONFIG_PVH", "CONFIG_MODULE_COMPRESS_XZ", "CONFIG_MODULE_COMPRESS_ZSTD", *V0_CONFIG)
+        parsed = parse_config(config_text)
+        config = {key: parsed[key] for key in wanted if key in parsed}
+        manifest = {
+            "name": name, "recipe": RECIPE,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.monotonic() - started, 2),
+            **provenance,
+            "kernel": {"release": release, "file": kernel_file, "format": kernel_format,
+                       "sha256": sha256_file(out / kernel_file), "vmlinuz_sha256": hashlib.sha256(bz).hexdigest()},
+            "initramfs": {"file": INITRAMFS, "sha256": sha256_file(out / INITRAMFS)},
+            "modules": [{"name": m, "sha256": hashlib.sha256(mods.files[m]).hexdigest(),
+                         "early": m in mods.early, "params": MODULE_PARAMS.get(m, "")} for m in mods.order],
+            "modules_builtin": mods.builtin, "modules_missing": mods.missing,
+            "busybox": {"path": str(BUSYBOX), "sha256": hashlib.sha256(busybox).hexdigest(),
+                        "version": _busybox_version()},
+            "init_sha256": hashlib.sha256(INIT_SCRIPT.encode()).hexdigest(),
+            "config": config,
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        out.chmod(0o755)
+        final = cache / name
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=cache))
+            final.rename(trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+        out.rename(final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     image = load(name, cache)
     if image is None:
         raise ImageError(f"{name}: the image just built in {cache / name} cannot be read back")

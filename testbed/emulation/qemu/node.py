@@ -70,6 +70,12 @@ class GuestNode:
         return self.image.mptcp
 
     @property
+    def mptcp_flavour(self) -> str | None:
+        """"v0.9x" when the image's first boot found the out-of-tree stack: testbed.stacks.stack_driver
+        then configures this node with the v0.92 driver."""
+        return self.image.flavour
+
+    @property
     def kernel(self) -> str:
         return (self.guest.release if self.guest is not None else None) or self.image.release
 
