@@ -271,6 +271,9 @@ def feature_set(name: str, impl: Implementation) -> FeatureSet:
                           missing_why={n: "not in MPTCP v0.92 (RFC 6824)" for n in UPSTREAM if n not in V0})
     if impl.backend == "netns":
         return host_features(name, "upstream")
+    if impl.backend == "ssh":
+        assert impl.version is not None and impl.kernel is not None  # the registry model requires it
+        return upstream_for_version(name, impl.version, impl.kernel)
     assert impl.version is not None and impl.kernel is not None  # the registry model requires it
     built = _image(impl.image or name)
     has_mptcp = getattr(built, "mptcp", impl.mptcp) if built is not None else impl.mptcp
@@ -280,6 +283,33 @@ def feature_set(name: str, impl: Implementation) -> FeatureSet:
     table = upstream_for_version(name, impl.version, impl.kernel)
     counters = getattr(built, "mptcp_counters", None)  # what the image's kernel showed at its first boot
     return dataclasses.replace(table, counters=counters) if counters else table
+
+
+def _remote_available(impl: Implementation, inventory: Path | None) -> tuple[bool, str]:
+    """Reach the machine (its host key checked) and read its kernel: the implementation is available
+    when that kernel has the stack the registry says."""
+    from testbed.emulation.ssh.node import detect
+    from testbed.errors import CapabilityError, RunError, SpecError
+    from testbed.provision.hosts import load_inventory
+    from testbed.provision.remote import Remote
+
+    assert impl.host is not None and inventory is not None  # the registry model requires them
+    try:
+        target = load_inventory(inventory).target(impl.host)
+    except SpecError as exc:
+        return False, f"inventory {inventory}: {exc.problems[0].message}"
+    except KeyError:
+        return False, f"no host '{impl.host}' in the inventory {inventory}"
+    try:
+        with Remote(target) as remote:
+            release, flavour = detect(remote)
+    except (CapabilityError, RunError) as exc:
+        return False, str(exc)
+    want = {"upstream": "upstream", "v0.92": "v0.9x", "tcp": None}[impl.driver]
+    if want is not None and flavour != want:
+        return False, (f"{impl.host} runs kernel {release} with {flavour or 'no'} MPTCP, not "
+                       f"{'upstream MPTCP' if want == 'upstream' else 'MPTCP v0.92'}")
+    return True, f"remote host {impl.host} (kernel {release}) over ssh"
 
 
 def _image(target: str) -> Any:
@@ -314,7 +344,8 @@ def guest_field_supported() -> bool:
     return GUEST_FIELD in StackConfig.model_fields
 
 
-def available(name: str, impl: Implementation, image_path: Path | None = None) -> tuple[bool, str]:
+def available(name: str, impl: Implementation, image_path: Path | None = None,
+              inventory: Path | None = None) -> tuple[bool, str]:
     """(True, what runs it) or (False, why not): an unavailable implementation's cells are listed
     as `unavailable` with this reason, never dropped."""
     if impl.backend == "netns":
@@ -326,7 +357,7 @@ def available(name: str, impl: Implementation, image_path: Path | None = None) -
                            "netns implementations need it")
         return True, f"this machine's kernel {f.kernel} in network namespaces"
     if impl.backend == "ssh":
-        return False, "the ssh backend comes with provisioning (not written yet)"
+        return _remote_available(impl, inventory)
     # qemu
     if impl.driver == "v0.92" and impl.image is None and _image(name) is None:
         # (an image built under the implementation's own name, `testbed images build NAME --deb ...`, is used)

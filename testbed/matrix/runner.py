@@ -210,7 +210,8 @@ class MatrixRunner:
         for name in dict.fromkeys([*self.clients, *self.servers]):
             impl = self.impls[name]
             self.features[name] = feature_set(name, impl)
-            self.availability[name] = available(name, impl, self.loaded.registry.image_path(name))
+            self.availability[name] = available(name, impl, self.loaded.registry.image_path(name),
+                                                self.loaded.registry.inventory_path())
         for name in self.scenarios:
             if name == PROBE_SCENARIO:
                 continue
@@ -337,6 +338,9 @@ class MatrixRunner:
         image = self._image(server)
         if image is not None:
             entry[GUEST_FIELD] = image
+        impl = self.impls.get(server)
+        if impl is not None and impl.backend == "ssh":
+            entry["remote"] = {"inventory": str(self.loaded.registry.inventory_path()), "host": impl.host}
         return entry
 
     def _image(self, impl_name: str) -> str | None:
@@ -388,6 +392,9 @@ class MatrixRunner:
             image = self._image(impl_name)
             if image is not None:  # the node runs on the guest kernel (pinned or not)
                 entry[GUEST_FIELD] = image
+            impl = self.impls.get(impl_name)
+            if impl is not None and impl.backend == "ssh":  # the node runs on the remote machine
+                entry["remote"] = {"inventory": str(self.loaded.registry.inventory_path()), "host": impl.host}
             stacks[node] = entry
         data["stacks"] = stacks
         for w in data.get("workloads") or []:

@@ -70,6 +70,8 @@ class Implementation(Model):
     mptcp: bool = Field(True, description="upstream driver: whether the kernel is built with MPTCP "
                                           "(CONFIG_MPTCP=y); one without is a plain-TCP implementation")
     source: KernelSource | None = None
+    host: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+                             description="ssh: the machine's name in the registry's inventory")
 
     @model_validator(mode="after")
     def _consistent(self) -> Implementation:
@@ -80,7 +82,12 @@ class Implementation(Model):
         if self.backend == "netns" and (self.kernel or self.image):
             raise PydanticCustomError("backend", "netns implementations run on this machine's kernel: "
                                                  "no kernel or image")
-        if self.backend == "qemu" and self.driver == "upstream" and self.kernel is None:
+        if self.backend == "ssh" and self.host is None:
+            raise PydanticCustomError("host", "an ssh implementation names its machine (host:, as in the "
+                                              "registry's inventory)")
+        if self.backend != "ssh" and self.host is not None:
+            raise PydanticCustomError("host", "only ssh implementations run on a named machine")
+        if self.backend in ("qemu", "ssh") and self.driver == "upstream" and self.kernel is None:
             raise PydanticCustomError("kernel", "an upstream guest needs its kernel version (e.g. kernel: '6.1'): "
                                                 "its feature set is derived from it")
         return self
@@ -94,7 +101,16 @@ class Implementation(Model):
 
 
 class Registry(Model):
+    inventory: str | None = Field(None, description="Ansible inventory of the ssh implementations' machines, "
+                                                    "relative to the registry file")
     implementations: dict[ImplName, Implementation] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _inventory_for_ssh(self) -> Registry:
+        if self.inventory is None and any(i.backend == "ssh" for i in self.implementations.values()):
+            raise PydanticCustomError("inventory", "ssh implementations need the registry's inventory (the "
+                                                   "Ansible inventory that names their hosts)")
+        return self
 
 
 class Scenario(Model):
@@ -169,6 +185,13 @@ class LoadedRegistry:
     registry: Registry
     doc: Document
     text: str
+
+    def inventory_path(self) -> Path | None:
+        inv = self.registry.inventory
+        if inv is None:
+            return None
+        p = Path(inv).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
 
     def image_path(self, name: str) -> Path | None:
         """The image of a qemu implementation when it is given as a path (contains '/')."""

@@ -102,3 +102,72 @@ def test_bad_remote_fields_are_one_line_errors(tmp_path):
     exp.write_text(text.replace(str(inv), str(tmp_path / "missing.yml")))
     r = run_cli("run", str(exp), timeout=60)
     assert r.returncode == 2 and "no inventory file" in r.stderr, r.stderr
+
+
+def test_an_ssh_implementation_serves_matrix_cells(ssh_hosts, tmp_path):
+    """A registry row `backend: ssh` is available when its machine answers with the kernel it says;
+    its cells put the server node on the machine. One that cannot be reached is `unavailable`."""
+    (h1,) = ssh_hosts(1)
+    inv = inventory(tmp_path, h1)
+    data = json.loads(inv.read_text())
+    data["all"]["hosts"]["lab-unknown"] = {**data["all"]["hosts"]["lab1"],
+                                           "ansible_ssh_common_args": f"-o UserKnownHostsFile={tmp_path / 'none'}"}
+    inv.write_text(json.dumps(data))
+    release = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout
+    kernel = ".".join(release.split(".")[:2])
+    (tmp_path / "implementations.yaml").write_text(json.dumps({
+        "inventory": "hosts.yml",
+        "implementations": {
+            "host": {"driver": "upstream", "backend": "netns"},
+            "lab": {"driver": "upstream", "backend": "ssh", "host": "lab1", "kernel": kernel},
+            "lab-v0": {"driver": "v0.92", "backend": "ssh", "host": "lab1", "kernel": kernel},
+            "lab-x": {"driver": "upstream", "backend": "ssh", "host": "lab-unknown", "kernel": kernel}}}))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({"name": "remote", "implementations": "implementations.yaml", "timeout": "120s",
+                                 "scenarios": [{"name": "basic-handshake", "requires": ["mptcp"],
+                                                "experiment": str(ROOT / "experiments" / "basic-handshake.yaml")}]}))
+    r = run_cli("matrix", str(suite), "--clients", "host", "--servers", "lab,lab-v0,lab-x", "--results",
+                str(tmp_path / "results"), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_dir = Path(re.findall(r"archive: (.+)", r.stdout)[-1].strip())
+    cells = json.loads((run_dir / "matrix.json").read_text())["cells"]
+    ok = cells["basic-handshake/host/lab"]
+    assert ok["verdict"] == "as-expected" and ok["outcome"] == "mptcp", ok
+    m = json.loads((run_dir / ok["dir"] / "manifest.json").read_text())
+    assert m["nodes"]["server"]["backend"] == "ssh" and m["nodes"]["server"]["host"]["name"] == "lab1"
+    v0 = cells["basic-handshake/host/lab-v0"]
+    assert v0["verdict"] == "unavailable" and "not MPTCP v0.92" in v0["reason"], v0
+    x = cells["basic-handshake/host/lab-x"]
+    assert x["verdict"] == "unavailable" and "ssh-keyscan" in x["reason"], x
+    assert remote_leftovers(h1) == ([], "")
+
+
+def test_clean_removes_what_a_killed_run_left_on_the_machine(ssh_hosts, tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    (h1,) = ssh_hosts(1)
+    inv = inventory(tmp_path, h1)
+    exp = experiment(tmp_path, inv)
+    doc = json.loads(exp.read_text())
+    doc["workloads"] = [{"type": "bulk", "size": "2GB", "direction": "upload", "timeout": "100s"}]
+    exp.write_text(json.dumps(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(exp), "--results", str(tmp_path / "r")],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and not remote_leftovers(h1)[0]:
+            time.sleep(0.3)
+        assert remote_leftovers(h1)[0], "the run made no namespace on the machine"
+        time.sleep(3)  # its workload is running there
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert remote_leftovers(h1)[0]  # a killed run cleans nothing up itself
+    r = run_cli("clean", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert remote_leftovers(h1) == ([], "")
+    # the agent it ran there is gone (the test machine shares this one's process table)
+    assert not subprocess.run(["pgrep", "-f", "/tmp/testbed-remote-"], capture_output=True, text=True).stdout.strip()
