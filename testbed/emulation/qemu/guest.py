@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from testbed.emulation.pipes import drain
 from testbed.emulation.qemu import images
 from testbed.emulation.qemu.images import Image
 
@@ -279,19 +280,7 @@ class GuestProcess:
             self.stdin.write(input)
         if self.stdin is not None:
             self.stdin.close()
-        streams = {s.fileno(): (n, s) for n, s in ((1, self.stdout), (2, self.stderr))
-                   if s is not None and not s.closed}
-        while streams:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0)
-            ready, _, _ = select.select(list(streams), [], [], left)
-            for fd in ready:
-                chunk = os.read(fd, 65536)
-                if chunk:
-                    self._collected[streams[fd][0]] += chunk
-                else:
-                    streams.pop(fd)[1].close()
+        drain(self.args, {1: self.stdout, 2: self.stderr}, self._collected, deadline, timeout)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         self.wait(left)
         return (bytes(self._collected[1]) if self.stdout is not None else None,

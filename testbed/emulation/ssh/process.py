@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import shlex
 import signal
 import subprocess
 import threading
 import time
 from typing import IO, Any
+
+from testbed.emulation.pipes import drain
 
 # $0.. are the argv words, passed as separate quoted arguments: nothing is interpreted remotely.
 _WRAP = 'echo "__testbed_pid=$$" >&2; exec "$@"'
@@ -163,18 +164,7 @@ class RemoteProcess:
             if input:
                 self.stdin.write(input)
             self.stdin.close()
-        streams = {s.fileno(): (n, s) for n, s in ((1, self.stdout), (2, self.stderr)) if s is not None and not s.closed}
-        while streams:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0)
-            ready, _, _ = select.select(list(streams), [], [], left)
-            for fd in ready:
-                chunk = os.read(fd, 65536)
-                if chunk:
-                    self._collected[streams[fd][0]] += chunk
-                else:
-                    streams.pop(fd)[1].close()
+        drain(self.args, {1: self.stdout, 2: self.stderr}, self._collected, deadline, timeout)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         self.wait(left)
         return (bytes(self._collected[1]) if self.stdout is not None else None,
