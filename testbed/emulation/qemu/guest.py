@@ -63,11 +63,19 @@ GUESTD = Path(__file__).resolve().with_name("guestd.py")
 # The guest mounts fresh filesystems over these host directories: code that lives under one of
 # them (a checkout or venv in /tmp, as CI clones may be) is made visible again after boot.
 MASKED = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/dev"))
-RUNTIME_DIR = Path(os.path.abspath(os.environ.get("TESTBED_IMAGE_CACHE", "/var/cache/testbed/images"))).parent / "runtime"
 
 
 def _masked(path: Path) -> bool:
     return any(path == m or m in path.parents for m in MASKED)
+
+
+def _runtime_dir() -> Path:
+    """Beside the image cache, unless that is masked too (a cache in /tmp): then the default's."""
+    beside = Path(os.path.abspath(os.environ.get("TESTBED_IMAGE_CACHE", "/var/cache/testbed/images"))).parent
+    return (Path("/var/cache/testbed") if _masked(beside) else beside) / "runtime"
+
+
+RUNTIME_DIR = _runtime_dir()
 
 
 def guestd_path() -> Path:
