@@ -125,3 +125,35 @@ def test_ctrl_c_stops_a_provision_run_within_seconds(ssh_hosts, tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["exit_code"] == 130, manifest
     assert manifest["ansible_status"] == "canceled"
+
+
+def test_testbed_host_in_check_mode_installs_the_make_package_list(ssh_hosts, tmp_path):
+    """testbed-host.yml in check mode on a real host: the packages it would install are
+    scripts/packages.txt (the list `make` installs) plus the inventory's testbed_extra_packages, and a
+    package the archive does not have fails the host naming it. Nothing is written (check mode)."""
+    pytest.importorskip("ansible_runner", reason="ansible-runner (pip extra 'provision')")
+    (h1,) = ssh_hosts(1)
+    listed = [w for line in (ROOT / "scripts" / "packages.txt").read_text().splitlines()
+              if (w := line.split("#")[0].strip())]
+    archive = tmp_path / "checkout.tar"
+    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), "HEAD"], check=True)
+    outcomes = {}
+    for extra in (["iproute2"], ["testbed-no-such-package"]):
+        inv = {"all": {"hosts": {"h1": {**h1.inventory_vars(), "testbed_extra_packages": extra,
+                                        "testbed_dir": "/srv/testbed", "testbed_archive": str(archive)}}}}
+        path = tmp_path / f"hosts-{extra[0]}.json"
+        path.write_text(json.dumps(inv))
+        done = run_cli("provision", str(path), "playbooks/testbed-host.yml", "--check", "--timeout", "300",
+                       "--results", str(tmp_path / "results"), timeout=360)
+        run_dir = Path(re.findall(r"archive: (.+)", done.stdout)[-1].strip())
+        events = json.loads((run_dir / "events.json").read_text())
+        apt = [e["event_data"] for e in events if e.get("event", "").startswith("runner_on_")
+               and e.get("event_data", {}).get("task") == "Install the testbed's packages"]
+        outcomes[extra[0]] = (done, apt)
+    done, apt = outcomes["iproute2"]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+    asked = apt[-1]["res"]["invocation"]["module_args"]["name"]
+    assert asked == [*listed, "iproute2"], asked
+    assert not (h1.root / "testbed").exists()  # check mode: the checkout was not unpacked
+    done, apt = outcomes["testbed-no-such-package"]
+    assert done.returncode == 1 and "testbed-no-such-package" in done.stdout, done.stdout[-3000:]
