@@ -44,7 +44,8 @@ def run(work: Path, n: int, inventory: Path | None) -> dict:
     if not found:
         raise SystemExit(f"testbed run failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     m = json.loads((Path(found[-1].strip()) / "manifest.json").read_text())
-    return {"wall": wall, "timing": m.get("timing", {}), "status": m["status"], "rc": r.returncode}
+    return {"wall": wall, "timing": m.get("timing", {}), "status": m["status"], "rc": r.returncode,
+            "error": m.get("error")}
 
 
 def main() -> None:
@@ -69,6 +70,8 @@ def main() -> None:
         t = row["timing"]
         print(f"{name:<12}{row['wall']:>8.1f}{t.get('network', 0):>11.2f}{t.get('stacks', 0):>10.2f}"
               f"{t.get('teardown', 0):>12.2f}  {row['status']} (exit {row['rc']})")
+        if row["error"]:
+            print(f"  error: {row['error']}")
     ours = [n for n in left.split() if re.match(r"tb[0-9a-f]+-", n)]
     print(f"namespaces of ours left on the machine: {len(ours)}")
 

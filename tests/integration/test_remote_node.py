@@ -171,3 +171,25 @@ def test_clean_removes_what_a_killed_run_left_on_the_machine(ssh_hosts, tmp_path
     assert remote_leftovers(h1) == ([], "")
     # the agent it ran there is gone (the test machine shares this one's process table)
     assert not subprocess.run(["pgrep", "-f", "/tmp/testbed-remote-"], capture_output=True, text=True).stdout.strip()
+
+
+def test_several_hosts_share_one_machine(ssh_hosts, tmp_path):
+    """Eight topology hosts on the same machine: each its own namespace and tunnels there (their
+    devices are made side by side in the machine's root namespace first), all reach the router."""
+    (h1,) = ssh_hosts(1)
+    inv = inventory(tmp_path, h1)
+    nodes = {"r": {"kind": "router"},
+             **{f"h{i}": {"kind": "host", "remote": {"inventory": str(inv), "host": "lab1"}} for i in range(8)}}
+    topo = tmp_path / "star.yaml"
+    topo.write_text(json.dumps({"name": "star", "nodes": nodes, "links": [[f"h{i}:eth0", f"r:eth{i}"] for i in range(8)]}))
+    exp = tmp_path / "star-exp.yaml"
+    exp.write_text(json.dumps({"name": "star", "topology": {"file": str(topo)}, "workloads": [
+        {"type": "ping", "name": f"ping{i}", "client": f"h{i}", "server": "r", "count": 3, "interval": "0.1s"}
+        for i in range(8)]}))
+    r = run_cli("run", str(exp), "--results", str(tmp_path / "results"), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((Path(re.findall(r"archive: (.+)", r.stdout)[-1].strip()) / "manifest.json").read_text())
+    assert all(m["workloads"][f"ping{i}"]["received"] == 3 for i in range(8)), m["workloads"]
+    assert {m["nodes"][f"h{i}"]["netns"] for i in range(8)} == {f"tb{m['nodes']['h0']['netns'][2:].split('-')[0]}-h{i}"
+                                                                for i in range(8)}
+    assert remote_leftovers(h1) == ([], "")

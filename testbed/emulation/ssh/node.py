@@ -126,12 +126,14 @@ class RemoteNode:
     # -- the namespace and the tunnels ---------------------------------------------------------------
     def plan_tunnels(self, links: list[tuple[str, int]], taken: set[int]) -> None:
         """One tunnel per (interface, link index); VXLAN ids drawn at random, unique in this run."""
-        for i, (ifname, _link) in enumerate(links):
+        for ifname, _link in links:
             vni = random.randrange(1, 1 << 24)
             while vni in taken:
                 vni = random.randrange(1, 1 << 24)
             taken.add(vni)
-            self.tunnels[ifname] = TunnelEnd(ifname, vni, f"tb{self.tag}x{len(taken)}", f"tb{self.tag}y{i}")
+            # numbered across the run: several of its hosts may share one machine's root namespace
+            n = len(taken)
+            self.tunnels[ifname] = TunnelEnd(ifname, vni, f"tb{self.tag}x{n}", f"tb{self.tag}y{n}")
 
     def vxlan_argv(self, dev: str, vni: int, local: str, remote: str) -> list[str]:
         return ["ip", "link", "add", dev, "type", "vxlan", "id", str(vni), "local", local, "remote", remote,
