@@ -4,6 +4,8 @@ delay line's scheduling logic (fed fake packets)."""
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -131,6 +133,20 @@ def test_delayline_command() -> None:
     assert argv == ["/py", str(shaping.DELAYLINE), "--queue", "3", "--delay", "0.02", "--jitter", "0.005",
                     "--loss", "0.0", "--seed", "7", "--queue-maxlen", "10000", "--stdin-control"]
     assert shaping.DELAYLINE.is_file()
+    fast = shaping.delayline_command(3, delay=0.02, jitter=0.0, loss=0.0, seed=7, python="/py", lib="/site")
+    assert fast[:5] == ["/py", "-S", str(shaping.DELAYLINE), "--lib", "/site"]
+
+
+def test_delay_line_starts_without_site_and_finds_netfilterqueue() -> None:
+    """The line runs under -S with only --lib to find netfilterqueue: a wrong directory would make
+    every delay line fail to start."""
+    lib = shaping.netfilterqueue_lib()
+    assert lib is not None and pathlib.Path(lib, "netfilterqueue").exists()
+    probe = ("import sys; sys.path.append(sys.argv[1]); import netfilterqueue; "
+             "print('site' in sys.modules)")
+    out = subprocess.run([sys.executable, "-S", "-c", probe, lib], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_safe_label() -> None:
