@@ -87,6 +87,10 @@ class GuestNode:
     def cmd(self, line: str) -> str:
         return self._guest().cmd(line)
 
+    def run_argv(self, argv: list[str]) -> tuple[int, str]:
+        """nodeexec.run for a guest: (exit code, output merged), without a shell in between."""
+        return self._guest().run(argv, timeout=300)
+
     def popen(self, argv: Any, **kwargs: Any) -> GuestProcess:
         unknown = set(kwargs) - set(POPEN_ARGS)
         if unknown:
