@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RESULTS ?= results
 
-.PHONY: deps apt venv demo test lint bench images clean
-deps: apt venv
+.PHONY: deps apt venv bytecode demo test lint bench images clean
+deps: apt venv bytecode
 
 # Cheap when nothing is missing (one dpkg-query per package), so it runs every time.
 apt:
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
+
+# Byte-compiled here because an environment that sets PYTHONDONTWRITEBYTECODE (some containers and
+# CI images do) would otherwise compile ~70 modules on every `testbed run`: 0.1 s of a 0.6 s cell.
+# A no-op when up to date.
+bytecode: venv
+	@$(PY) -m compileall -q testbed
 
 # The interop matrix host, linux-6.1, tcp × the hackathon suite. The 6.1 guest image is built from
 # Debian's kernel package (cached); without it those cells are listed as unavailable.

@@ -41,6 +41,18 @@ def timed(argv: list[str]) -> tuple[float, str]:
     return elapsed, r.stdout
 
 
+def timed_bare(argv: list[str], failures: list[str]) -> float:
+    """The bare script's own end-to-end check sometimes fails (its client reads the 64-byte digest
+    with one recv, which can return short); such a run is retried, and counted in the report."""
+    for _ in range(3):
+        start = time.perf_counter()
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if r.returncode == 0:
+            return time.perf_counter() - start
+        failures.append((r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1])
+    raise SystemExit(f"bare script failed 3 times in a row: {failures[-3:]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -53,10 +65,10 @@ def main() -> int:
     testbed = Path(sys.executable).with_name("testbed")
     results = Path(tempfile.mkdtemp(prefix="testbed-bench-"))
     bare_times, cell_times, phases = [], [], []
+    bare_failures: list[str] = []
     try:
         for _ in range(args.runs):
-            t, _ = timed(["bash", str(args.bare), "20"])
-            bare_times.append(t)
+            bare_times.append(timed_bare(["bash", str(args.bare), "20"], bare_failures))
             t, _ = timed([str(testbed), "run", str(HERE / "cell.yaml"), "--results", str(results)])
             cell_times.append(t)
             run_dir = sorted(p for p in results.iterdir() if p.is_dir())[-1]
@@ -67,6 +79,8 @@ def main() -> int:
     print(f"bare script   median {bare:.3f} s  runs {' '.join(f'{t:.3f}' for t in bare_times)}")
     print(f"testbed run   median {cell:.3f} s  runs {' '.join(f'{t:.3f}' for t in cell_times)}")
     print(f"ratio         {cell / bare:.2f}x  (target <= 2x)")
+    if bare_failures:
+        print(f"bare script   {len(bare_failures)} run(s) failed its own check and were rerun: {bare_failures[0]}")
     keys = phases[0].keys()
     medians = {k: statistics.median(p[k] for p in phases) for k in keys}
     print("testbed phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
@@ -75,7 +89,8 @@ def main() -> int:
                         [["bare script", f"{bare:.3f}", " ".join(f"{t:.3f}" for t in bare_times)],
                          ["testbed run", f"{cell:.3f}", " ".join(f"{t:.3f}" for t in cell_times)]]),
         benchjson.table("testbed run phases (median s)", list(medians), [[f"{v:.3f}" for v in medians.values()]])],
-        notes=[f"ratio {cell / bare:.2f}x (target <= 2x)"],
+        notes=[f"ratio {cell / bare:.2f}x (target <= 2x)"]
+        + ([f"bare script: {len(bare_failures)} run(s) failed its own check and were rerun"] if bare_failures else []),
         figures={"bare_s": bare_times, "testbed_s": cell_times, "ratio": cell / bare, "phases": medians})
     return 0
 

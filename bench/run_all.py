@@ -38,7 +38,7 @@ class Bench:
 
 
 BENCHES = (
-    Bench("cell_overhead", ("--runs", "3"), ("--runs", "5"), 300, 600),
+    Bench("cell_overhead", ("--runs", "7"), ("--runs", "11"), 300, 600),
     Bench("matrix_rate", ("--jobs", "1,2", "--scenarios", "basic-handshake,tcp-client,subflow-join,signal-address"),
           ("--jobs", "1,2"), 300, 1800),
     Bench("guest_boot", ("--runs", "2"), ("--runs", "3"), 240, 400),
