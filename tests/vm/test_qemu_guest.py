@@ -265,6 +265,8 @@ def test_guest_speaks_mptcp_with_a_namespace(image, tmp_path, monkeypatch):
         guest.run(["ip", "addr", "flush", "dev", "eth0"], check=True)
         guest.run(["ip", "link", "set", "eth0", "down"], check=True)
         booted_sysctls, booted_qdiscs = sysctls(guest), qdiscs(guest)
+        # `find` ran: the guest cannot know what it wrote, so this reset reads every sysctl
+        assert guest.reset()["sysctl_scan"] == {"scan": "full", "checked": len(booted_sysctls), "foreign": "find"}
         rename_nics(guest, ["wlan0"])
         ecn = guest.read_file("/proc/sys/net/ipv4/tcp_ecn").decode().strip()
         limits = guest.run(["ip", "mptcp", "limits", "show"])[1].split()
@@ -286,8 +288,8 @@ def test_guest_speaks_mptcp_with_a_namespace(image, tmp_path, monkeypatch):
             ["ip", "rule", "add", "from", "10.251.0.2", "table", "100", "priority", "1000"],
             ["ip", "route", "add", "default", "via", "10.251.0.1", "table", "100"],
         ])
-        dirty = sysctls(guest)
-        assert dirty["net/ipv4/conf/wlan0/rp_filter"] == "2\n" != booted_sysctls["net/ipv4/conf/eth0/rp_filter"]
+        dirty = guest.read_files(["/proc/sys/net/ipv4/conf/wlan0/rp_filter"])
+        assert dirty["/proc/sys/net/ipv4/conf/wlan0/rp_filter"] == b"2\n" != booted_sysctls["net/ipv4/conf/eth0/rp_filter"]
         assert "netem" in guest.run(["tc", "qdisc", "show", "dev", "wlan0"])[1]
         proc = guest.popen(["sleep", "600"])
         done = guest.reset()
@@ -295,6 +297,10 @@ def test_guest_speaks_mptcp_with_a_namespace(image, tmp_path, monkeypatch):
         assert {"net.ipv4.tcp_ecn", "net.ipv4.conf.wlan0.rp_filter", "net.mptcp.add_addr_timeout"} <= set(
             done["sysctls_restored"]), done
         assert done["links_deleted"] == ["tbifb0"] and done["qdiscs_deleted"] == 2, done
+        # Only ip, tc and sysctl (done by guestd itself) ran: only what was written was read back,
+        # with rp_filter of every device (conf/all/ was written) and the IPv6 MTUs.
+        assert done["sysctl_scan"]["scan"] == "written" and done["sysctl_scan"]["checked"] < len(booted_sysctls) / 4, done
+        assert done["network"]["errors"] == [] and done["network"]["nft_tables"] == 0, done
         # Read back: every writable net.* sysctl as it was at boot (the NIC's under its new name), and
         # the qdiscs as they were once the next cell brings the link up (the kernel's default root
         # qdisc, no ingress, no ifb device).
@@ -308,6 +314,13 @@ def test_guest_speaks_mptcp_with_a_namespace(image, tmp_path, monkeypatch):
         assert guest.run(["ip", "mptcp", "limits", "show"])[1].split() == limits
         assert guest.run(["ip", "route", "show", "table", "100"])[1].strip() == ""
         assert [line.split(":")[0] for line in guest.run(["ip", "rule"])[1].splitlines()] == ["0", "32766", "32767"]
+        # A sysctl written behind guestd's back (by a shell) is restored too: that reset reads them all.
+        assert guest.reset()["sysctl_scan"]["foreign"] == "find"  # the read-back above
+        guest.run(["sh", "-c", f"echo {'2' if ecn == '1' else '1'} > /proc/sys/net/ipv4/tcp_ecn"], check=True)
+        done = guest.reset()
+        assert done["sysctl_scan"]["scan"] == "full" and done["sysctl_scan"]["foreign"] == "sh", done
+        assert done["sysctls_restored"] == ["net.ipv4.tcp_ecn"], done
+        assert guest.read_file("/proc/sys/net/ipv4/tcp_ecn").decode().strip() == ecn
         rename_nics(guest, ["eth0"])
 
         # 4. and the guest is ready for the next cell

@@ -104,7 +104,6 @@ IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+/-]+$")
 KVM_GET_API_VERSION = 0xAE00
-RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
 PCI_NIC_SLOT = 0x10  # NIC i sits in PCI slot 0x10 + i, so the kernel names them eth0, eth1, ... in order
 
 
@@ -877,14 +876,15 @@ class Guest:
         boot (ifb devices) deleted; on every NIC link down, the qdiscs a cell configured removed,
         addresses flushed, MTU 1500; routes (all tables but local), rules and neighbours flushed;
         nftables ruleset flushed; MPTCP endpoints flushed and limits restored; every net.* sysctl
-        that differs from the boot snapshot restored (a NIC's own entries under its current name).
+        that differs from the boot snapshot restored (a NIC's own entries under its current name;
+        only those that can have changed when the cell ran nothing that writes sysctls behind
+        guestd's back: see guestd.SysctlLedger).
         Returns what was done, with the seconds each step took.
 
-        Every process costs tens of milliseconds in a TCG guest: what there is to undo is read by
-        guestd over rtnetlink, and the changes go through at most three batch files (ip -4, tc,
-        ip -6) and nft rather than a command each. The links go down first: a qdisc deleted on a
-        running device waits for the kernel to deactivate and reactivate it (an RCU grace period
-        each, slow on an emulated CPU); on a device that is down it does not."""
+        Every process costs ~0.1 s in a TCG guest: guestd does the network part over netlink itself
+        (rtnl.reset), starting nft only when there are nftables tables. The links go down first: a
+        qdisc deleted on a running device waits for the kernel to deactivate and reactivate it (an
+        RCU grace period each, slow on an emulated CPU); on a device that is down it does not."""
         clock = time.monotonic()
         seconds: dict[str, float] = {}
 
@@ -896,41 +896,17 @@ class Guest:
 
         done: dict[str, Any] = {"killed": self._request("killall", wait=30)["killed"]}
         lap("kill")
-        state = self._request("net_state")  # over rtnetlink in guestd: no process to start
-        lap("list")
-        new_links = list(state["new_links"])
-        ip4 = [f"link set {ifname} down" for ifname in self.interfaces]
-        ip4 += [f"link del {link}" for link in new_links]  # ifb devices (and anything else a cell made)
-        tc = [f"qdisc del dev {q['dev']} {'root' if q['root'] else 'ingress'}" for q in state["qdiscs"]
-              if q["dev"] not in new_links]
-        for ifname in self.interfaces:
-            ip4 += [f"addr flush dev {ifname}", f"link set {ifname} mtu 1500"]
-        ip6: list[str] = []
-        for lines, family in ((ip4, "4"), (ip6, "6")):
-            tables = set(state["tables"][family]) - {RT_TABLE_LOCAL} | {RT_TABLE_MAIN}
-            lines += [f"route flush table {t}" for t in sorted(tables)]
-            lines += ["rule flush", "rule add priority 32766 table main"]
-        ip4 += ["rule add priority 32767 table default", "neigh flush all"]
-        if self.image is not None and self.image.mptcp:
-            ip4.append("mptcp endpoint flush")
-            if self._mptcp_limits:
-                ip4.append("mptcp limits set " + " ".join(self._mptcp_limits))
-        commands: list[list[str]] = []
-        for name, lines, argv in (("ip4", ip4, ["ip", "-4", "-force", "-batch"]), ("tc", tc, ["tc", "-force", "-batch"]),
-                                  ("ip6", ip6, ["ip", "-6", "-force", "-batch"])):
-            if not lines:  # no qdisc configured: no tc to start
-                continue
-            path = f"/run/tb-reset.{name}"
-            self.write_file(path, ("\n".join(lines) + "\n").encode())
-            commands.append([*argv, path])
-        commands.append(["nft", "flush", "ruleset"])
-        self._batch(commands, stop_on_error=False)
+        net = self._request("net_reset", wait=60, interfaces=list(self.interfaces),
+                            mptcp=bool(self.image is not None and self.image.mptcp), mptcp_limits=self._mptcp_limits)
         lap("network")
-        done["commands"] = len(tc) + len(ip4) + len(ip6) + 1
-        done["links_deleted"] = new_links
-        done["qdiscs_deleted"] = len(tc)
-        done["sysctls_restored"] = [p.removeprefix("/proc/sys/").replace("/", ".")
-                                    for p in self._request("sysctl_restore", wait=60)["restored"]]
+        done["links_deleted"] = net["new_links"]
+        done["qdiscs_deleted"] = net.get("qdiscs_deleted", 0)
+        done["network"] = {k: v for k, v in net.items() if k not in ("id", "new_links")}
+        if net.get("errors"):  # not reused half-reset: the caller shuts it down instead
+            raise GuestError(f"{self.name}: reset: {'; '.join(net['errors'])}")
+        restore = self._request("sysctl_restore", wait=60)
+        done["sysctls_restored"] = [p.removeprefix("/proc/sys/").replace("/", ".") for p in restore["restored"]]
+        done["sysctl_scan"] = {k: restore.get(k) for k in ("scan", "checked", "foreign")}
         lap("sysctls")
         done["seconds"] = seconds
         return done

@@ -17,7 +17,8 @@ and the agent's imports are half a second under TCG, paid by every workload of e
 Ops: ping; run (argv, timeout, input, merge) → rc, out, err, timed_out; batch (commands) → results;
 start (argv, stdin, stdout, stderr: "pipe"|"null"|"stdout") → h, pid; stdin (h, data, close);
 signal (h, sig, group); killall; read_file (path) / read_files (paths); write_file (path, data, mode);
-sysctl_snapshot; sysctl_restore → restored; net_state → new_links, tables, qdiscs; poweroff. Binary data is base64.
+sysctl_snapshot; sysctl_restore → restored, scan; net_reset (interfaces, mptcp, mptcp_limits) → what it
+did; poweroff. Binary data is base64.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ import base64
 import json
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
+
+try:  # run as a script inside the guest, from this directory; imported as a module by the tests
+    from testbed.emulation.qemu import rtnl
+except ImportError:
+    import rtnl  # type: ignore[no-redef]
 
 PORT_NAME = "testbed.ctl"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -75,6 +79,7 @@ class Daemon:
         self.next_handle = 1
         self.plock = threading.Lock()
         self.sysctls: dict[str, str] = {}  # /proc/sys path → value, as at the snapshot
+        self.ledger = SysctlLedger()
         self.ifindex: dict[str, int] = {}  # device name → ifindex, as at the snapshot
 
     # ---------------------------------------------------------------------------------- wire
@@ -134,16 +139,20 @@ class Daemon:
 
     def op_run(self, req: dict) -> dict:
         return _run(req["argv"], req.get("timeout"), unb64(req.get("input")), req.get("merge", True),
-                    req.get("env"), req.get("cwd"))
+                    req.get("env"), req.get("cwd"), self._ledger_for(req["argv"]))
 
     def op_batch(self, req: dict) -> dict:
         results = []
         for cmd in req["commands"]:
-            r = _run(cmd, req.get("timeout"), b"", True, None, None)
+            r = _run(cmd, req.get("timeout"), b"", True, None, None, self._ledger_for(cmd))
             results.append({"rc": r["rc"], "out": r["out"]})
             if req.get("stop_on_error") and r["rc"] != 0:
                 break
         return {"results": results}
+
+    def _ledger_for(self, argv: list[str]) -> SysctlLedger | None:
+        """The ledger to tell about a process; None for our own workload agent, which writes no sysctl."""
+        return None if self.agents.entry(argv) is not None else self.ledger
 
     def op_start(self, req: dict) -> dict:
         agent = self.agents.entry(req["argv"])
@@ -153,6 +162,7 @@ class Daemon:
                               stdout=req.get("stdout", "pipe"), stderr=req.get("stderr", "null"),
                               env=_env(req.get("env")), cwd=req.get("cwd") or "/")
         else:
+            self.ledger.started(req["argv"])
             streams = {"pipe": subprocess.PIPE, "null": subprocess.DEVNULL, "stdout": subprocess.STDOUT}
             proc = subprocess.Popen(req["argv"], stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL,
                                     stdout=streams[req.get("stdout", "pipe")],
@@ -267,6 +277,7 @@ class Daemon:
         return {"files": out}
 
     def op_write_file(self, req: dict) -> dict:
+        self.ledger.wrote(req["path"])
         with open(req["path"], "wb") as f:
             f.write(unb64(req.get("data")))
         if req.get("mode") is not None:
@@ -276,19 +287,31 @@ class Daemon:
     def op_sysctl_snapshot(self, req: dict) -> dict:
         self.sysctls = _read_sysctls(req.get("root", "/proc/sys/net"))
         self.ifindex = _ifindexes()
+        self.ledger = SysctlLedger()
         return {"count": len(self.sysctls)}
 
     def op_sysctl_restore(self, req: dict) -> dict:
         """Every snapshot value that differs now, written back. Only the snapshot's own paths are read
         (the tree is not walked again: thousands of stat() calls under TCG), and a device's entries
-        follow the device through renames (a pooled guest's NICs take each topology's names)."""
+        follow the device through renames (a pooled guest's NICs take each topology's names).
+
+        Reading an entry costs ~0.3 ms under TCG, the whole snapshot a third of a second. So when
+        every process since the last restore was one that cannot write sysctls (SysctlLedger), only
+        the entries written through the daemon, and those the kernel changes along with them, are
+        read ("scan": "written"); otherwise, or when asked ("full": true), all of them."""
         restored = []
+        ledger, self.ledger = self.ledger, SysctlLedger()
+        full = bool(req.get("full")) or ledger.foreign is not None
         now = {index: name for name, index in _ifindexes().items()}
         renamed = {old: now.get(index) for old, index in self.ifindex.items()}
+        checked = 0
         for path, value in self.sysctls.items():
             path = _renamed(path, renamed)
             if path is None:  # its device is gone
                 continue
+            if not full and not ledger.may_have_changed(path):
+                continue
+            checked += 1
             try:
                 fd = os.open(path, os.O_RDONLY)
                 try:
@@ -305,29 +328,25 @@ class Daemon:
                 restored.append(path)
             except OSError:
                 pass
-        return {"restored": restored}
+        return {"restored": restored, "scan": "full" if full else "written", "checked": checked,
+                "foreign": ledger.foreign}
 
-    def op_net_state(self, req: dict) -> dict:
-        """What reset() must undo, read over rtnetlink (no process started): links made since the
-        snapshot, the routing tables in use per family, and every qdisc a cell configured (a root
-        qdisc with a handle, or an ingress qdisc; the kernel's default root qdiscs have handle 0)."""
-        names = {index: name for name, index in _ifindexes().items()}
+    def op_net_reset(self, req: dict) -> dict:
+        """The network half of a reused guest's reset (rtnl.reset), in the daemon: `interfaces` (the
+        NICs) set down and cleared, links made since the snapshot deleted; then, only when there
+        are nftables tables, ``nft flush ruleset``. Returns what was done."""
+        now = _ifindexes()
         booted = set(self.ifindex.values())
-        tables: dict[str, list[int]] = {}
-        for family, key in ((socket.AF_INET, "4"), (socket.AF_INET6, "6")):
-            found = set()
-            for _type, body, attrs in _netlink_dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)):
-                table = struct.unpack_from("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else body[4]
-                found.add(table)
-            tables[key] = sorted(found)
-        qdiscs = []
-        for _type, body, attrs in _netlink_dump(RTM_GETQDISC, struct.pack("=BxxxiIII", 0, 0, 0, 0, 0)):
-            _family, ifindex, handle, parent, _info = struct.unpack_from("=BxxxiIII", body)
-            kind = attrs.get(TCA_KIND, b"").rstrip(b"\0").decode()
-            if ifindex in names and (kind == "ingress" or (parent == TC_H_ROOT and handle != 0)):
-                qdiscs.append({"dev": names[ifindex], "kind": kind, "root": kind != "ingress"})
-        return {"new_links": sorted(name for index, name in names.items() if booted and index not in booted),
-                "tables": tables, "qdiscs": qdiscs}
+        new_links = {name: index for name, index in now.items() if booted and index not in booted}
+        down = {name: now[name] for name in req.get("interfaces", []) if name in now}
+        done = rtnl.reset(down, new_links, req.get("mptcp_limits"), bool(req.get("mptcp")))
+        done["new_links"] = sorted(new_links)
+        done["nft_tables"] = rtnl.nft_tables()
+        if done["nft_tables"]:
+            r = _run(["nft", "flush", "ruleset"], 30, b"", True, None, None, self.ledger)
+            if r["rc"] != 0:
+                done["errors"].append("nft flush ruleset: " + unb64(r["out"]).decode(errors="replace").strip())
+        return done
 
     def op_poweroff(self, req: dict) -> dict:
         def off() -> None:
@@ -351,50 +370,6 @@ def _read_sysctls(root: str) -> dict[str, str]:
             except OSError:  # write-only or unreadable entries (e.g. route/flush)
                 continue
     return values
-
-
-# rtnetlink (linux/rtnetlink.h, linux/netlink.h): what op_net_state dumps.
-RTM_GETROUTE, RTM_GETQDISC = 26, 38
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTA_TABLE, TCA_KIND = 15, 1
-TC_H_ROOT = 0xFFFFFFFF
-_RTMSG_SIZE = {RTM_GETROUTE - 2: 12, RTM_GETQDISC - 2: 20}  # replies (RTM_NEW*): rtmsg, tcmsg
-
-
-def _netlink_dump(request: int, header: bytes) -> list[tuple[int, bytes, dict[int, bytes]]]:
-    """An rtnetlink dump: (message type, fixed header, {attribute type: payload}) per message."""
-    out: list[tuple[int, bytes, dict[int, bytes]]] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.settimeout(10)
-        sock.send(struct.pack("=IHHII", 16 + len(header), request, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + header)
-        while True:
-            data = sock.recv(1 << 16)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, mtype, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
-                if length < 16:
-                    return out
-                if mtype == NLMSG_DONE:
-                    return out
-                if mtype == NLMSG_ERROR:
-                    errno = -struct.unpack_from("=i", data, offset + 16)[0]
-                    if errno:
-                        raise OSError(errno, os.strerror(errno))
-                    return out
-                fixed = _RTMSG_SIZE.get(mtype)
-                if fixed is not None:
-                    body = data[offset + 16:offset + 16 + fixed]
-                    attrs: dict[int, bytes] = {}
-                    at = offset + 16 + fixed
-                    while at + 4 <= offset + length:
-                        alen, atype = struct.unpack_from("=HH", data, at)
-                        if alen < 4:
-                            break
-                        attrs[atype & 0x3FFF] = data[at + 4:at + alen]
-                        at += (alen + 3) & ~3
-                    out.append((mtype, body, attrs))
-                offset += (length + 3) & ~3
 
 
 # /proc/sys/net/<family>/<kind>/<device>/...: the directories named after a device.
@@ -576,6 +551,65 @@ def _agent_child(package: str, args: list[str], ends: dict[int, int], env: dict[
         os._exit(code)
 
 
+# Programs that write no sysctl, given arguments that start nothing else (see SysctlLedger.started).
+# iproute2's ip does change two kinds of entry as a side effect, which the ledger always checks:
+# a link's MTU sets net.ipv6.conf.DEV.mtu, `addrgenmode` sets addr_gen_mode.
+SYSCTL_FREE = frozenset({"ip", "tc", "nft", "nstat", "ss", "ping", "tcpdump", "sleep", "cat", "true", "uname"})
+# Arguments with which they do more: run a command in a namespace, a tc action's program, ip's
+# neighbour-table parameters (net.*.neigh.DEV.* sysctls).
+_STARTS_OR_SETS = frozenset({"netns", "exec", "ntable"})
+_SIDE_EFFECT_LEAVES = ("/mtu", "/addr_gen_mode")
+
+
+class SysctlLedger:
+    """What may have changed under /proc/sys since the last restore: the entries written through the
+    daemon (sysctl_here, write_file), and whether a process ran that could have written others
+    (`foreign`: the first such argv[0]; None while every process was known not to)."""
+
+    def __init__(self) -> None:
+        self.written: set[str] = set()
+        self.leaves: set[tuple[str, str]] = set()  # (family dir, leaf) written under some conf/DEV/
+        self.foreign: str | None = None
+
+    def wrote(self, path: str) -> None:
+        path = os.path.normpath(path)
+        if not path.startswith("/proc/sys/"):
+            return
+        self.written.add(path)
+        parts = path.split("/")  # "", proc, sys, net, ipv4, conf, DEV, leaf
+        if len(parts) == 8 and parts[3] == "net" and parts[5] == "conf":
+            # conf/all/X is copied to every device's X (forwarding, disable_ipv6, ...)
+            self.leaves.add((parts[4], parts[7]))
+        if path == "/proc/sys/net/ipv4/ip_forward" or parts[4:6] == ["ipv4", "conf"] and parts[-1] == "forwarding":
+            self.leaves.add(("ipv4", "forwarding"))  # ip_forward is conf/all/forwarding, copied likewise
+            self.written.add("/proc/sys/net/ipv4/ip_forward")
+
+    def started(self, argv: list[str]) -> None:
+        if self.foreign is not None:
+            return
+        name = os.path.basename(argv[0]) if argv else ""
+        if name not in SYSCTL_FREE or _STARTS_OR_SETS.intersection(argv) or _batch_starts(argv):
+            self.foreign = name or "?"
+
+    def may_have_changed(self, path: str) -> bool:
+        if path in self.written or path.endswith(_SIDE_EFFECT_LEAVES):
+            return True
+        parts = path.split("/")
+        return len(parts) == 8 and parts[5] == "conf" and (parts[4], parts[7]) in self.leaves
+
+
+def _batch_starts(argv: list[str]) -> bool:
+    """An ip/tc -batch file whose commands may start or set what the ledger cannot see."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-batch", "-b"):
+            try:
+                with open(argv[i + 1]) as f:
+                    return bool(_STARTS_OR_SETS.intersection(f.read().split()))
+            except OSError:
+                return True
+    return False
+
+
 def _env(extra: dict | None) -> dict[str, str]:
     env = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"}
     if extra:
@@ -587,7 +621,7 @@ def _plain_key(key: str) -> bool:
     return bool(key) and key[0] != "." and all(c.isalnum() or c in "_.-" for c in key)
 
 
-def sysctl_here(argv: list[str], merge: bool) -> dict | None:
+def sysctl_here(argv: list[str], merge: bool, ledger: SysctlLedger | None = None) -> dict | None:
     """``sysctl -q [-e] -w KEY=VALUE...`` and ``sysctl [-n] [-e] KEY...`` done by the daemon, with
     procps-ng's messages and exit status: a process is ~0.1 s under TCG, and every cell sets and
     reads sysctls. None for any other form (then the real sysctl runs)."""
@@ -615,6 +649,8 @@ def sysctl_here(argv: list[str], merge: bool) -> dict | None:
                 rc = 1
             continue
         if write:
+            if ledger is not None:
+                ledger.wrote(path)
             try:
                 with open(path, "w") as f:
                     f.write(value)
@@ -649,10 +685,13 @@ def _sysctl_read(path: str, key: str) -> list[tuple[str, str]]:
 
 
 def _run(argv: list[str], timeout: float | None, data: bytes, merge: bool, env: dict | None,
-         cwd: str | None) -> dict:
-    done = sysctl_here(argv, merge) if not data else None
+         cwd: str | None, ledger: SysctlLedger | None = None) -> dict:
+    """One process to its end (or a sysctl done here); `ledger` is told what ran, when given."""
+    done = sysctl_here(argv, merge, ledger) if not data else None
     if done is not None:
         return done
+    if ledger is not None:
+        ledger.started(argv)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge else subprocess.PIPE,
