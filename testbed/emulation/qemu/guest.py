@@ -724,9 +724,11 @@ class Guest:
         return reply["rc"], out
 
     def _batch(self, commands: Sequence[Sequence[str]], timeout: float = 30.0,
-               stop_on_error: bool = True) -> list[tuple[int, str]]:
+               stop_on_error: bool = True, files: dict[str, bytes] | None = None) -> list[tuple[int, str]]:
+        """Commands run one after the other in one round trip (`files` written first)."""
         reply = self._request("batch", wait=timeout * len(commands) + 10, commands=[list(c) for c in commands],
-                              timeout=timeout, stop_on_error=stop_on_error)
+                              timeout=timeout, stop_on_error=stop_on_error,
+                              files={path: _b64(data) for path, data in (files or {}).items()})
         results = [(r["rc"], base64.b64decode(r["out"]).decode(errors="replace")) for r in reply["results"]]
         if stop_on_error and results and results[-1][0] != 0:
             failed = commands[len(results) - 1]
@@ -750,15 +752,16 @@ class Guest:
             else:
                 groups.append((prefix, [i]))
         requests: list[list[str]] = []
+        files: dict[str, bytes] = {}  # sent with the batch: no round trip of their own
         for n, (prefix, members) in enumerate(groups):
             if prefix is None or len(members) == 1:
                 requests.append(list(commands[members[0]]))
                 continue
             path = f"/run/tb-batch.{os.getpid()}.{threading.get_ident()}.{n}"
             lines = [" ".join(list(commands[i])[len(prefix):]) for i in members]
-            self.write_file(path, ("\n".join(lines) + "\n").encode())
+            files[path] = ("\n".join(lines) + "\n").encode()
             requests.append([*prefix, "-force", "-batch", path])
-        results = self._batch(requests, stop_on_error=False)
+        results = self._batch(requests, stop_on_error=False, files=files)
         errors: list[str] = []
         for (_, members), (rc, out) in zip(groups, results, strict=True):
             if rc == 0:

@@ -14,7 +14,7 @@ A started workload agent (``python -S .../agent/__main__.py MODE ...`` with this
 forked from the daemon, which imported the agent once, instead of exec'd: an interpreter's start-up
 and the agent's imports are half a second under TCG, paid by every workload of every cell.
 
-Ops: ping; run (argv, timeout, input, merge) → rc, out, err, timed_out; batch (commands) → results;
+Ops: ping; run (argv, timeout, input, merge) → rc, out, err, timed_out; batch (commands, files) → results;
 start (argv, stdin, stdout, stderr: "pipe"|"null"|"stdout") → h, pid; stdin (h, data, close);
 signal (h, sig, group); killall; read_file (path) / read_files (paths); write_file (path, data, mode);
 sysctl_snapshot; sysctl_restore → restored, scan; net_reset (interfaces, mptcp, mptcp_limits) → what it
@@ -142,6 +142,8 @@ class Daemon:
                     req.get("env"), req.get("cwd"), self._ledger_for(req["argv"]))
 
     def op_batch(self, req: dict) -> dict:
+        for path, data in (req.get("files") or {}).items():
+            self.op_write_file({"path": path, "data": data})
         results = []
         for cmd in req["commands"]:
             r = _run(cmd, req.get("timeout"), b"", True, None, None, self._ledger_for(cmd))
@@ -684,10 +686,26 @@ def _sysctl_read(path: str, key: str) -> list[tuple[str, str]]:
     return found
 
 
+def mptcp_limits_here(argv: list[str]) -> dict | None:
+    """``ip mptcp limits show`` answered by the daemon over generic netlink, in iproute2's words
+    (every upstream-MPTCP cell reads its limits back: a process is ~0.1 s under TCG). None for any
+    other command, or when the kernel has no MPTCP path manager (then ip itself runs and says so)."""
+    if argv not in (["ip", "mptcp", "limits", "show"], ["ip", "mptcp", "limits"]):
+        return None
+    try:
+        text = rtnl.mptcp_limits_text()
+    except OSError:
+        return None
+    if text is None:
+        return None
+    return {"rc": 0, "out": b64(text.encode()), "err": "", "timed_out": False}
+
+
 def _run(argv: list[str], timeout: float | None, data: bytes, merge: bool, env: dict | None,
          cwd: str | None, ledger: SysctlLedger | None = None) -> dict:
-    """One process to its end (or a sysctl done here); `ledger` is told what ran, when given."""
-    done = sysctl_here(argv, merge, ledger) if not data else None
+    """One process to its end (or a sysctl, or an MPTCP limits read, done here); `ledger` is told
+    what ran, when given."""
+    done = (sysctl_here(argv, merge, ledger) or mptcp_limits_here(argv)) if not data else None
     if done is not None:
         return done
     if ledger is not None:

@@ -304,7 +304,7 @@ def rename_nics(guest: Guest, names: list[str]) -> None:
     commands = [["ip", "link", "set", "dev", old, "name", f"tbtmp{i}"] for i, old, _ in moves]
     commands += [["ip", "link", "set", "dev", f"tbtmp{i}", "name", new] for i, _, new in moves]
     if commands:
-        guest._batch(commands)
+        guest.run_tools(commands)  # one `ip -batch` process, not one each; raises if one failed
     renamed = [Nic(n.tap, n.mac, new) for n, new in zip(nics, wanted, strict=True)]
     guest.nics, guest.spare_nics = renamed[:len(names)], renamed[len(names):]
 

@@ -35,7 +35,7 @@ TC_H_ROOT, TC_H_INGRESS = 0xFFFFFFFF, 0xFFFFFFF1
 RT_TABLE_DEFAULT, RT_TABLE_MAIN, RT_TABLE_LOCAL = 253, 254, 255
 
 GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 0x10, 3, 1, 2
-MPTCP_PM_CMD_FLUSH_ADDRS, MPTCP_PM_CMD_SET_LIMITS, MPTCP_PM_VER = 4, 5, 1
+MPTCP_PM_CMD_FLUSH_ADDRS, MPTCP_PM_CMD_SET_LIMITS, MPTCP_PM_CMD_GET_LIMITS, MPTCP_PM_VER = 4, 5, 6, 1
 MPTCP_PM_ATTR_RCV_ADD_ADDRS, MPTCP_PM_ATTR_SUBFLOWS = 2, 3
 MPTCP_LIMIT_ATTRS = {"add_addr_accepted": MPTCP_PM_ATTR_RCV_ADD_ADDRS, "subflows": MPTCP_PM_ATTR_SUBFLOWS}
 NFT_MSG_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES
@@ -137,6 +137,36 @@ def genl_family(name: str) -> int | None:
                 family = Message(mtype, body, 4).attrs.get(CTRL_ATTR_FAMILY_ID)
                 return struct.unpack_from("=H", family)[0] if family else None
     return None
+
+
+def genl_call(family: int, cmd: int, version: int, attrs: bytes = b"") -> Message:
+    """One generic netlink command's answer (attributes after the genlmsghdr). OSError on error."""
+    payload = struct.pack("=BBH", cmd, version, 0) + attrs
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC) as sock:
+        sock.settimeout(10)
+        sock.send(struct.pack("=IHHII", 16 + len(payload), family, NLM_F_REQUEST, 1, 0) + payload)
+        for mtype, _seq, body in _messages(sock.recv(1 << 16)):
+            if mtype == NLMSG_ERROR:
+                errno = -struct.unpack_from("=i", body)[0]
+                raise OSError(errno, os.strerror(errno))
+            if mtype == family:
+                return Message(mtype, body, 4)
+    raise OSError(0, "no answer")
+
+
+def mptcp_limits_text() -> str | None:
+    """What ``ip mptcp limits show`` prints (iproute2's format: each limit the kernel reports, in
+    its order, then a newline); None when the kernel has no MPTCP path manager."""
+    family = genl_family("mptcp_pm")
+    if family is None:
+        return None
+    answer = genl_call(family, MPTCP_PM_CMD_GET_LIMITS, MPTCP_PM_VER)
+    words = ""
+    for name, attr_type in (("add_addr_accepted", MPTCP_PM_ATTR_RCV_ADD_ADDRS), ("subflows", MPTCP_PM_ATTR_SUBFLOWS)):
+        value = answer.u32(attr_type)
+        if value is not None:
+            words += f"{name} {value} "
+    return words + "\n"
 
 
 def nft_tables() -> int:
