@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)  # exit 130, like Ctrl-C, not death by the signal
+        # Started in the background by a non-interactive shell (or nohup, or a runner that ignores
+        # it), the process inherits SIGINT ignored and Python installs no KeyboardInterrupt for it:
+        # `kill -INT` was lost until a run installed its own handling (see also __main__.py).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args = _parser().parse_args(argv)
         return _dispatch(args)
@@ -165,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # not inside a run (a run archives its own interruption)
+        print("testbed: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

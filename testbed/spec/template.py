@@ -140,8 +140,11 @@ class Template:
             param = self.parameters.get(name)
             if param is None:
                 known = ", ".join(self.parameters) or "none"
+                tail = name.rpartition(".")[2]  # `--set topology.set.n=...` for the template's `n`
+                hint = (f" (did you mean '{tail}'? a template's parameters are set by their own names)"
+                        if tail != name and tail in self.parameters else suggest(name, self.parameters))
                 problems.append(Problem(where.file, where.line, where.col, name,
-                                        f"not a parameter of {self.display}{suggest(name, self.parameters)}"
+                                        f"not a parameter of {self.display}{hint}"
                                         f" (parameters: {known})"))
                 continue
             try:

@@ -171,6 +171,9 @@ def test_template_parameters_and_set(tmp_path):
     text = "\n".join(problems(exc))
     assert "--set: wifi_los: not a parameter" in text and "did you mean 'wifi_loss'" in text
     assert "--set: paths: 99 is above the maximum 6" in text
+    with pytest.raises(SpecError) as exc:  # the template's own name is what --set takes
+        load_topology(ROOT / "topologies/dual-homed.yaml.j2", parse_set(["topology.set.wifi_loss=5%"]))
+    assert "did you mean 'wifi_loss'? a template's parameters are set by their own names" in problems(exc)[0]
 
 
 def test_template_errors_have_lines(tmp_path):
