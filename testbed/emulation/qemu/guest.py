@@ -78,18 +78,23 @@ def _runtime_dir() -> Path:
 RUNTIME_DIR = _runtime_dir()
 
 
+GUESTD_MODULES = ("rtnl.py",)  # what guestd.py imports from its own directory
+
+
 def guestd_path() -> Path:
-    """guestd.py where the guest can see it at boot (before anything is bound into place)."""
+    """guestd.py where the guest can see it at boot (before anything is bound into place), with
+    the modules it imports from its directory beside it."""
     if not _masked(GUESTD):
         return GUESTD
     RUNTIME_DIR.mkdir(parents=True, exist_ok=True)
-    copy = RUNTIME_DIR / "guestd.py"
-    data = GUESTD.read_bytes()
-    if not copy.exists() or copy.read_bytes() != data:
-        tmp = copy.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, copy)
-    return copy
+    for name in (*GUESTD_MODULES, GUESTD.name):  # guestd.py last: a copy of it finds its modules
+        copy = RUNTIME_DIR / name
+        data = GUESTD.with_name(name).read_bytes()
+        if not copy.exists() or copy.read_bytes() != data:
+            tmp = copy.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, copy)
+    return RUNTIME_DIR / GUESTD.name
 
 
 def code_roots() -> list[Path]:
